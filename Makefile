@@ -1,0 +1,33 @@
+# Two commands: `make demo` and `make test`. Both set up .venv on first use.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check --quiet
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@echo "[make] installing torch (CPU build) first, then hyrax-mlops and its dependencies"
+	$(PIP) install torch==2.13.0 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -c "import torch"
+	$(PIP) install -e '.[dev]' 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	$(PY) -c "import hyrax_mlops, mlflow, chromadb, umap, sep, skimage"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/hyrax-mlops pipeline $(if $(CONFIG),-c $(CONFIG))
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .hyrax mlruns mlflow.db

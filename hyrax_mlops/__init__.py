@@ -1,0 +1,38 @@
+"""hyrax-mlops: experiment-tracking-first machine learning for astronomical survey data.
+
+    import hyrax_mlops as hm
+    hm.pipeline("hyrax.toml", overrides={"train.epochs": 5})
+
+Heavy libraries (torch, mlflow, chromadb, umap) are imported only when a stage needs them.
+"""
+
+__version__ = "0.1.0"
+
+from hyrax_mlops.api import (  # noqa: E402
+    download,
+    index,
+    infer,
+    ingest,
+    lineage,
+    load_config,
+    pipeline,
+    reduce,
+    search_by_id,
+    search_by_vector,
+    train,
+)
+
+__all__ = [
+    "__version__",
+    "download",
+    "ingest",
+    "infer",
+    "index",
+    "lineage",
+    "load_config",
+    "pipeline",
+    "reduce",
+    "search_by_id",
+    "search_by_vector",
+    "train",
+]

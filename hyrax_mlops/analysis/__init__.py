@@ -1,0 +1,1 @@
+"""Reducers and analyses of embeddings."""

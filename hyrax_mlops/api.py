@@ -1,0 +1,134 @@
+"""The Python door: `hm.train("hyrax.toml", overrides={"train.epochs": 5})`.
+
+A stage called without its input run first makes (or reuses) the upstream stages under the
+same config, like `make`: `hm.reduce()` alone gives maps of the current config's model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.config import load_config as _load
+
+ConfigLike = Config | str | Path | None
+Overrides = Mapping[str, Any] | Iterable[str] | str | None
+
+
+def load_config(config: ConfigLike = None, overrides: Overrides = None) -> Config:
+    """Defaults < file < overrides, validated: a bad key fails here, before any run."""
+    if isinstance(config, Config):
+        if not overrides:
+            return config
+        config = _with_overrides(config, overrides)
+        return config
+    return _load(config, overrides)
+
+
+def _with_overrides(cfg: Config, overrides: Overrides) -> Config:
+    import tomllib
+
+    from hyrax_mlops.config import _parse_overrides, _set_dotted, validate
+
+    data = tomllib.loads(cfg.to_toml())
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    return validate(data)
+
+
+def _dataset(cfg: Config, force: bool = False):
+    from hyrax_mlops.stages import download as dl
+    from hyrax_mlops.stages import ingest as ing
+    from hyrax_mlops.stages import pipeline as pl
+
+    pl.check(cfg)  # upstream runs are about to be made: check the whole config first
+    return (ing if cfg.pipeline.dataset == "ingest" else dl).run(cfg, force=force).run_id
+
+
+def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
+    from hyrax_mlops.stages import download as stage
+
+    return stage.run(load_config(config, overrides), force=force)
+
+
+def ingest(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
+    from hyrax_mlops.stages import ingest as stage
+
+    return stage.run(load_config(config, overrides), force=force)
+
+
+def train(config: ConfigLike = None, overrides: Overrides = None, *,
+          dataset: str | None = None, force: bool = False):
+    from hyrax_mlops.stages import train as stage
+
+    cfg = load_config(config, overrides)
+    return stage.run(cfg, dataset or _dataset(cfg), force=force)
+
+
+def _train_run(cfg: Config) -> str:
+    from hyrax_mlops.stages import train as stage
+
+    return stage.run(cfg, _dataset(cfg)).run_id
+
+
+def infer(config: ConfigLike = None, overrides: Overrides = None, *, train_run: str | None = None,
+          dataset: str | None = None, force: bool = False):
+    from hyrax_mlops.stages import infer as stage
+
+    cfg = load_config(config, overrides)
+    if not train_run and not cfg.infer.model:
+        train_run = _train_run(cfg)
+    return stage.run(cfg, train_run_id=train_run, dataset_run_id=dataset, force=force)
+
+
+def _embeddings(cfg: Config) -> str:
+    from hyrax_mlops.stages import infer as stage
+    from hyrax_mlops.stages import pipeline as pl
+
+    pl.check(cfg)
+    train_run = None if cfg.infer.model else _train_run(cfg)
+    return stage.run(cfg, train_run_id=train_run).run_id
+
+
+def index(config: ConfigLike = None, overrides: Overrides = None, *,
+          embeddings: str | None = None, force: bool = False):
+    from hyrax_mlops.stages import index as stage
+
+    cfg = load_config(config, overrides)
+    return stage.run(cfg, embeddings or _embeddings(cfg), force=force)
+
+
+def reduce(config: ConfigLike = None, overrides: Overrides = None, *,
+           embeddings: str | None = None, force: bool = False):
+    from hyrax_mlops.stages import reduce as stage
+
+    cfg = load_config(config, overrides)
+    return stage.run(cfg, embeddings or _embeddings(cfg), force=force)
+
+
+def pipeline(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
+    """Every stage, as nested runs of one parent run; unchanged stages are reused."""
+    from hyrax_mlops.stages import pipeline as stage
+
+    return stage.run(load_config(config, overrides), force=force)
+
+
+def search_by_id(run: str, object_id: str, k: int = 10, config: ConfigLike = None):
+    from hyrax_mlops.search import search_by_id as _search
+
+    return _search(run, object_id, k, load_config(config))
+
+
+def search_by_vector(run: str, vector, k: int = 10, config: ConfigLike = None):
+    from hyrax_mlops.search import search_by_vector as _search
+
+    return _search(run, vector, k, load_config(config))
+
+
+def lineage(run_id: str) -> str:
+    """The chain of runs behind `run_id`, as printable text."""
+    from hyrax_mlops.tracking import lineage_lines
+
+    return "\n".join(lineage_lines(run_id))

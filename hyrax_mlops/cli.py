@@ -1,0 +1,159 @@
+"""The command line: `hyrax-mlops STAGE -c hyrax.toml --set train.epochs=5`.
+
+MLproject entry points call `entrypoint(STAGE)`, which takes `--config`, `--overrides`
+and `--force` as MLflow passes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+
+from hyrax_mlops.errors import HyraxError
+
+STAGES = ("download", "ingest", "train", "infer", "index", "reduce", "pipeline")
+_INPUTS = {
+    "train": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
+    "infer": [("--train-run", "train run id (default: infer.model, else from the config)"),
+              ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
+    "index": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
+    "reduce": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
+}
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="TOML config (default: shipped defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hyrax-mlops", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run (or reuse) the {stage} stage")
+        _config_args(p)
+        p.add_argument("--force", action="store_true", help="re-run even if a matching run exists")
+        for flag, help_text in _INPUTS.get(stage, []):
+            p.add_argument(flag, help=help_text)
+    p = sub.add_parser("search", help="nearest neighbours from an index, pipeline or infer run")
+    p.add_argument("--run", required=True, help="index, pipeline or infer run id")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--id", help="object_id to search from")
+    group.add_argument("--vector", help=".npy file holding one embedding vector")
+    p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
+    p.add_argument("--columns", default="", help="catalog columns to show, comma-separated")
+    _config_args(p)
+    p = sub.add_parser("lineage", help="print the chain of runs behind a run")
+    p.add_argument("run_id")
+    p = sub.add_parser("config", help="print the resolved config")
+    _config_args(p)
+    sub.add_parser("list", help="list registered sources, models, vector backends, reducers")
+    return parser
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    import hyrax_mlops as hm
+
+    kw = {"force": args.force}
+    for name in ("dataset", "train_run", "embeddings"):
+        if getattr(args, name, None):
+            kw[name] = getattr(args, name)
+    result = getattr(hm, args.command)(args.config, args.overrides, **kw)
+    if args.command == "pipeline":
+        print(result.summary())
+        print(_next_steps(result))
+    else:
+        print(result)
+    return 0
+
+
+def _next_steps(result) -> str:
+    from hyrax_mlops.tracking import tracking_uri
+
+    idx, red = result["index"].run_id, result["reduce"].run_id
+    return (
+        f"\npipeline run {result.run_id}\n"
+        "Look at the results:\n"
+        f"  mlflow ui --backend-store-uri {tracking_uri()}      # then open http://127.0.0.1:5000\n"
+        f"  hyrax-mlops lineage {red}\n"
+        f"  hyrax-mlops search --run {idx} --id XDF00001 -k 10\n"
+        f"  maps: artifacts of run {red} (reductions.html, plots/*.png)"
+    )
+
+
+def _search(args: argparse.Namespace) -> int:
+    import numpy as np
+    import pandas as pd
+
+    import hyrax_mlops as hm
+
+    if args.id:
+        table = hm.search_by_id(args.run, args.id, args.k, args.config)
+    else:
+        vector = np.load(args.vector, allow_pickle=False)
+        table = hm.search_by_vector(args.run, vector, args.k, args.config)
+    cols = ["rank", "object_id", "distance"]
+    extra = [c for c in args.columns.split(",") if c] or [
+        c for c in table.columns if c not in cols][:4]
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
+    return 0
+
+
+def _list() -> int:
+    from hyrax_mlops.analysis.reducers import REDUCERS
+    from hyrax_mlops.models import MODELS
+    from hyrax_mlops.sources import SOURCES
+    from hyrax_mlops.vectors import VECTOR_BACKENDS
+
+    for title, reg in (("sources", SOURCES), ("models", MODELS),
+                       ("vector backends", VECTOR_BACKENDS), ("reducers", REDUCERS)):
+        print(f"{title}: {', '.join(reg.names())}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in STAGES:
+            return _run_stage(args)
+        if args.command == "search":
+            return _search(args)
+        if args.command == "lineage":
+            import hyrax_mlops as hm
+
+            print(hm.lineage(args.run_id))
+            return 0
+        if args.command == "config":
+            import hyrax_mlops as hm
+
+            print(hm.load_config(args.config, args.overrides).to_toml())
+            return 0
+        return _list()
+    except HyraxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def entrypoint(stage: str, argv: Sequence[str] | None = None) -> int:
+    """MLproject entry point: `--config`, `--overrides "a.b=1 c.d=2"`, `--force true|false`."""
+    p = argparse.ArgumentParser(prog=f"entrypoints/{stage}.py")
+    p.add_argument("--config", default="")
+    p.add_argument("--overrides", default="")
+    p.add_argument("--force", default="false")
+    args = p.parse_args(argv)
+    cli = [stage]
+    for item in shlex.split(args.overrides.replace(";", " ")):
+        cli += ["--set", item]
+    if args.config:
+        cli += ["--config", args.config]
+    if args.force.lower() in ("1", "true", "yes"):
+        cli.append("--force")
+    return main(cli)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

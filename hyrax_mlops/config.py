@@ -1,0 +1,324 @@
+"""One TOML config, one table per stage, validated by a typed schema before any work starts.
+
+Errors name the offending key and the closest valid one, so a typo never silently falls back
+to a default. The resolved config is what every run logs (as a file and as flattened params).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import shlex
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hyrax_mlops.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrackingConfig(_Section):
+    experiment: str = "hyrax"
+    cache_dir: str = ".hyrax/cache"
+
+
+class PipelineConfig(_Section):
+    dataset: Literal["download", "ingest"] = "download"
+
+
+class DownloadConfig(_Section):
+    source: str = "xdf"
+    limit: int = Field(0, ge=0)
+    stamp_size: int = Field(64, ge=8)
+    shard_size: int = Field(1024, ge=1)
+    detect_threshold: float = Field(3.0, gt=0)
+    min_area: int = Field(8, ge=1)
+
+
+class IngestConfig(_Section):
+    cutouts_dir: str = ""
+    catalog: str = ""
+    file_column: str = "file"
+    bands: list[str] = []
+    shape: list[int] = []
+    nan_policy: Literal["reject", "zero"] = "reject"
+    shard_size: int = Field(1024, ge=1)
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_is_chw(cls, v: list[int]) -> list[int]:
+        if v and (len(v) != 3 or min(v) < 1):
+            raise ValueError("shape must be [] or [bands, height, width] of positive integers")
+        return v
+
+
+class DataConfig(_Section):
+    normalize: Literal["none", "asinh", "log", "zscore"] = "asinh"
+    split: list[float] = [0.8, 0.1, 0.1]
+    split_seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("split must be three fractions [train, val, test] that sum to 1")
+        return v
+
+
+class ModelConfig(BaseModel):
+    """`name` picks the model; every other key is a constructor argument of that model.
+
+    Those extra keys are checked against the model's signature by `models.check_model_config`.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "conv_autoencoder"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: int = Field(10, ge=1)
+    gamma: float = Field(0.5, gt=0)
+    early_stopping_patience: int = Field(5, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    seed: int = 42
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    register_as: str = ""
+
+
+class InferConfig(_Section):
+    model: str = ""
+    batch_size: int = Field(256, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+
+
+class IndexConfig(_Section):
+    backend: str = "chroma"
+    url: str = ""
+    path: str = ".hyrax/chroma"
+    metric: Literal["cosine", "l2", "ip"] = "cosine"
+    ef_construction: int = Field(200, ge=1)
+    ef_search: int = Field(200, ge=1)
+    max_neighbors: int = Field(32, ge=2)
+    metadata_columns: list[str] = []
+
+
+class ReduceConfig(_Section):
+    methods: list[str] = ["umap", "pca"]
+    dims: list[int] = [2, 3]
+    color_by: str = "flux"
+    seed: int = 42
+    umap_n_neighbors: int = Field(15, ge=2)
+    umap_min_dist: float = Field(0.1, ge=0)
+    umap_metric: str = "cosine"
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_2_or_3(cls, v: list[int]) -> list[int]:
+        if not v or any(d not in (2, 3) for d in v):
+            raise ValueError("dims must be a non-empty list of 2 and/or 3")
+        return v
+
+
+class Config(_Section):
+    tracking: TrackingConfig = TrackingConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    download: DownloadConfig = DownloadConfig()
+    ingest: IngestConfig = IngestConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    infer: InferConfig = InferConfig()
+    index: IndexConfig = IndexConfig()
+    reduce: ReduceConfig = ReduceConfig()
+
+    def section_hash(self, sections: Iterable[str]) -> str:
+        """A short, stable hash of the named sections: the identity of a stage's settings."""
+        payload = {name: getattr(self, name).model_dump(mode="json") for name in sorted(sections)}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return dump_toml(self.model_dump(mode="json"))
+
+    def flat(self, sections: Iterable[str] | None = None) -> dict[str, str]:
+        """`section.key -> value` strings, for MLflow params."""
+        data = self.model_dump(mode="json")
+        names = sorted(sections) if sections is not None else list(data)
+        return {
+            f"{sec}.{key}": json.dumps(val) if isinstance(val, (list, dict)) else str(val)
+            for sec in names
+            for key, val in data[sec].items()
+        }
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_config_text() -> str:
+    return resources.files("hyrax_mlops").joinpath("defaults.toml").read_text()
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] | str | None = None,
+) -> Config:
+    """Shipped defaults, then the user's TOML file, then overrides; validated as a whole.
+
+    `overrides` is a mapping (`{"train.epochs": 5}`), a list of `KEY=VALUE` strings or one
+    string of them separated by spaces or semicolons (the MLproject parameter).
+    """
+    data = tomllib.loads(default_config_text())
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' does not exist. Fix: pass an existing TOML file.")
+        try:
+            user = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from exc
+        _merge(data, user, prefix="")
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    return validate(data)
+
+
+def validate(data: Mapping[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, data)) from None
+
+
+def _merge(base: dict, new: Mapping, prefix: str) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{prefix}{key}.")
+        else:
+            base[key] = value
+
+
+def _parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | str | None) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    if isinstance(overrides, str):
+        overrides = [p for chunk in overrides.split(";") for p in shlex.split(chunk)]
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override '{item}' is not KEY=VALUE. Fix: write it like train.epochs=5."
+            )
+        key, raw = item.split("=", 1)
+        out[key.strip()] = parse_value(raw.strip())
+    return out
+
+
+def parse_value(raw: str) -> Any:
+    """A TOML literal (5, 1e-3, true, [16, 32], "text"), else the raw text as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            if child is None:
+                hint = _closest(part, [k for k, v in node.items() if isinstance(v, dict)])
+                raise ConfigError(f"unknown config table '{where}' in override '{key}'{hint}")
+            raise ConfigError(f"'{where}' is a value, not a table, in override '{key}'")
+        node = child
+    node[parts[-1]] = value
+
+
+def _closest(word: str, options: Iterable[str]) -> str:
+    options = sorted(options)
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
+    if match:
+        return f". Did you mean '{match[0]}'?"
+    return f". Valid keys: {', '.join(options)}" if options else ""
+
+
+def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            parent = _schema_for(loc[:-1])
+            valid = list(parent.model_fields) if parent else []
+            where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+            lines.append(
+                f"unknown config key '{key}'{_closest(loc[-1], valid)} "
+                f"(valid keys in {where}: {', '.join(valid)})"
+            )
+        else:
+            given = err.get("input")
+            lines.append(f"config key '{key}': {err['msg']} (got {given!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _schema_for(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return None
+        if not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """A minimal TOML writer for our config shape: tables of scalars and flat lists."""
+    out: list[str] = []
+    for table, body in data.items():
+        out.append(f"[{table}]")
+        for key, value in body.items():
+            out.append(f"{key} = {json.dumps(value)}")
+        out.append("")
+    return "\n".join(out)
+
+
+def require_path(cfg: Config, key: str, kind: Literal["file", "dir"]) -> Path:
+    """Check a path-valued key before any run is created; return it resolved."""
+    section, name = key.split(".")
+    value = getattr(getattr(cfg, section), name)
+    if not value:
+        raise ConfigError(f"config key '{key}' is required for this stage. Fix: --set {key}=PATH")
+    p = Path(value).expanduser().resolve()
+    ok = p.is_file() if kind == "file" else p.is_dir()
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' points to '{value}', which is not an existing {kind}. "
+            f"Fix: --set {key}=PATH to an existing {kind}."
+        )
+    return p

@@ -1,0 +1,1 @@
+"""Datasets as run artifacts: fixed-shape shards + catalog + manifest, and the DataProvider."""

@@ -1,0 +1,43 @@
+"""Read a user's catalog (CSV, Parquet or FITS table) into a DataFrame keyed by object_id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from hyrax_mlops.errors import DataError
+
+_READERS = {
+    ".csv": pd.read_csv, ".gz": pd.read_csv, ".parquet": pd.read_parquet,
+    ".pq": pd.read_parquet,
+}
+
+
+def read_catalog(path: Path) -> pd.DataFrame:
+    """The catalog with `object_id` as strings; duplicates and a missing column are errors."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in {".fits", ".fit", ".fts"} or path.name.lower().endswith(".fits.gz"):
+        df = _read_fits_table(path)
+    elif suffix in _READERS:
+        df = _READERS[suffix](path)
+    else:
+        raise DataError(f"catalog '{path}' is not .csv, .parquet or .fits: cannot read it.")
+    if "object_id" not in df.columns:
+        cols = ", ".join(map(str, df.columns))
+        raise DataError(f"catalog '{path}' has no 'object_id' column (columns: {cols}). "
+                        "Fix: rename your id column to object_id.")
+    df["object_id"] = df["object_id"].astype(str).str.strip()
+    dup = df["object_id"][df["object_id"].duplicated()].unique()
+    if len(dup):
+        raise DataError(f"catalog '{path}' repeats object_id values: {', '.join(dup[:10])}")
+    return df.reset_index(drop=True)
+
+
+def _read_fits_table(path: Path) -> pd.DataFrame:
+    from astropy.table import Table
+
+    table = Table.read(path)
+    scalar = [name for name in table.colnames if table[name].ndim <= 1]
+    return table[scalar].to_pandas()

@@ -1,0 +1,140 @@
+"""The on-disk dataset format shared by every source: what a download or ingest run logs.
+
+    dataset/catalog.parquet        one row per object, in shard order (object_id first)
+    dataset/shards/image-00000.npy float32 (n, bands, height, width), `shard_size` rows each
+    dataset/manifest.json          counts, bands, shape, checksums, and every failure
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hyrax_mlops.errors import DataError
+
+FORMAT = "hyrax-dataset/1"
+ARTIFACT_DIR = "dataset"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class DatasetWriter:
+    """Collects good stamps and recorded failures; writes shards as they fill."""
+
+    def __init__(self, out_dir: Path, shape: tuple[int, int, int], bands: list[str],
+                 shard_size: int) -> None:
+        self.out = Path(out_dir)
+        (self.out / "shards").mkdir(parents=True, exist_ok=True)
+        self.shape = tuple(int(s) for s in shape)
+        self.bands = list(bands)
+        self.shard_size = shard_size
+        self.rows: list[dict[str, Any]] = []
+        self.failures: list[dict[str, str]] = []
+        self._buffer: list[np.ndarray] = []
+        self._shards: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any], stamp: np.ndarray) -> None:
+        if stamp.shape != self.shape:
+            raise ValueError(f"stamp {stamp.shape} does not match dataset shape {self.shape}")
+        self.rows.append(row)
+        self._buffer.append(np.asarray(stamp, dtype=np.float32))
+        if len(self._buffer) == self.shard_size:
+            self._flush()
+
+    def fail(self, object_id: str, reason: str, detail: str = "", file: str = "") -> None:
+        self.failures.append(
+            {"object_id": str(object_id), "file": file, "reason": reason, "detail": detail}
+        )
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        name = f"shards/image-{len(self._shards):05d}.npy"
+        np.save(self.out / name, np.stack(self._buffer), allow_pickle=False)
+        self._shards.append(
+            {"file": name, "count": len(self._buffer), "sha256": sha256_file(self.out / name)}
+        )
+        self._buffer = []
+
+    def close(self, source: dict[str, Any], requested: int) -> dict[str, Any]:
+        """Write the catalog and manifest; refuse an empty dataset with the reasons why."""
+        self._flush()
+        if not self.rows:
+            reasons = Counter(f["reason"] for f in self.failures)
+            raise DataError(f"no usable objects: all {requested} failed ({dict(reasons)}).")
+        catalog = pd.DataFrame(self.rows)
+        catalog.to_parquet(self.out / "catalog.parquet", index=False)
+        manifest = {
+            "format": FORMAT,
+            "modality": "image",
+            "shape": list(self.shape),
+            "dtype": "float32",
+            "bands": self.bands,
+            "shard_size": self.shard_size,
+            "shards": self._shards,
+            "catalog": {"file": "catalog.parquet", "columns": list(catalog.columns),
+                        "sha256": sha256_file(self.out / "catalog.parquet")},
+            "counts": {
+                "requested": requested,
+                "ingested": len(self.rows),
+                "failed": len(self.failures),
+                "failed_by_reason": dict(Counter(f["reason"] for f in self.failures)),
+            },
+            "failures": self.failures,
+            "source": source,
+        }
+        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        return manifest
+
+
+class Dataset:
+    """Read side of the format: the catalog in memory, pixels memory-mapped shard by shard."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            self.manifest = json.loads((self.root / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise DataError(f"'{self.root}' holds no manifest.json: not a hyrax dataset") from None
+        if self.manifest.get("format") != FORMAT:
+            raise DataError(f"'{self.root}' is format {self.manifest.get('format')}, not {FORMAT}")
+        self.catalog = pd.read_parquet(self.root / "catalog.parquet")
+        self.shape = tuple(self.manifest["shape"])
+        self.bands = list(self.manifest["bands"])
+        self._shard_size = int(self.manifest["shard_size"])
+        self._shards = [
+            np.load(self.root / s["file"], mmap_mode="r", allow_pickle=False)
+            for s in self.manifest["shards"]
+        ]
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.catalog["object_id"].astype(str).to_numpy()
+
+    def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """float32 (len(rows), bands, h, w), gathered across shards in the order asked."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *self.shape), dtype=np.float32)
+        for i, r in enumerate(rows):
+            out[i] = self._shards[r // self._shard_size][r % self._shard_size]
+        return out
+
+    def verify(self) -> list[str]:
+        """Files whose checksum differs from the manifest (empty when intact)."""
+        return [s["file"] for s in self.manifest["shards"]
+                if sha256_file(self.root / s["file"]) != s["sha256"]]

@@ -1,0 +1,21 @@
+"""Display stretches for cutouts: per-band asinh, RGB composite for three bands."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stretch(cube: np.ndarray, q: float = 8.0) -> np.ndarray:
+    """(bands, h, w) pixels -> (h, w, 3) floats in [0, 1], top row first (FITS rows flipped).
+
+    Each band: subtract its median, scale by its 99.5th percentile, then asinh(q * x) /
+    asinh(q). One band is shown grey; three as RGB; others as the mean of all bands.
+    """
+    cube = np.asarray(cube, dtype=np.float64)
+    med = np.median(cube, axis=(1, 2), keepdims=True)
+    top = np.percentile(cube - med, 99.5, axis=(1, 2), keepdims=True)
+    x = np.clip((cube - med) / np.where(top > 0, top, 1.0), 0, None)
+    img = np.arcsinh(q * x) / np.arcsinh(q)
+    if img.shape[0] != 3:
+        img = np.repeat(img.mean(axis=0, keepdims=True), 3, axis=0)
+    return np.clip(np.transpose(img, (1, 2, 0))[::-1], 0, 1)

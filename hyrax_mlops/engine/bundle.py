@@ -1,0 +1,67 @@
+"""What makes a logged model reusable without unpickling: a spec, the weights, the transform.
+
+Beside MLflow's own files, every hyrax model carries `extra_files/`:
+    hyrax_model.json     model name, constructor params, input shape
+    state_dict.pt        weights (loaded with weights_only=True)
+    normalization.json   the per-band transform fitted at training time
+`mlflow.pytorch.load_model(uri)` still works for people who trust the store; hyrax itself
+rebuilds the model from the spec and loads only the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hyrax_mlops.config import ModelConfig
+from hyrax_mlops.data.normalize import Normalizer
+from hyrax_mlops.errors import LineageError
+from hyrax_mlops.models import build_model
+
+SPEC, WEIGHTS, NORMALIZATION = "hyrax_model.json", "state_dict.pt", "normalization.json"
+
+
+def write_bundle(model: torch.nn.Module, name: str, params: dict[str, Any],
+                 input_shape: tuple[int, ...], normalizer: Normalizer, out: Path) -> list[str]:
+    """Write the three files into `out`; return their paths for `extra_files=`."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"name": name, "params": params, "input_shape": list(input_shape)}
+    (out / SPEC).write_text(json.dumps(spec, indent=2))
+    (out / NORMALIZATION).write_text(json.dumps(normalizer.to_dict(), indent=2))
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS)
+    return [str(out / f) for f in (SPEC, WEIGHTS, NORMALIZATION)]
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    normalizer: Normalizer
+    spec: dict[str, Any]
+    run_id: str  # the train run that logged it
+    uri: str
+
+
+def load_bundle(uri: str) -> LoadedModel:
+    """Rebuild a hyrax model from `runs:/…`, `models:/…` (name/version/alias or m-id)."""
+    import mlflow
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:
+        raise LineageError(f"cannot load model '{uri}': {exc}") from None
+    extra = local / "extra_files"
+    if not (extra / SPEC).is_file():
+        raise LineageError(
+            f"model '{uri}' was not logged by hyrax-mlops (no extra_files/{SPEC}). "
+            "Fix: point infer.model at a model from a hyrax train run."
+        )
+    spec = json.loads((extra / SPEC).read_text())
+    model = build_model(ModelConfig(name=spec["name"], **spec["params"]), spec["input_shape"])
+    model.load_state_dict(torch.load(extra / WEIGHTS, map_location="cpu", weights_only=True))
+    norm = Normalizer.from_dict(json.loads((extra / NORMALIZATION).read_text()))
+    return LoadedModel(model, norm, spec, info.run_id, uri)

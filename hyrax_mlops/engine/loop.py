@@ -1,0 +1,133 @@
+"""The in-process training loop: AdamW, a schedule, early stopping, clipping; seeded.
+
+It knows nothing of MLflow: the caller gets each epoch's numbers through `on_epoch`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hyrax_mlops.config import TrainConfig
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    lr: float
+    epoch_time_s: float
+    samples_per_s: float
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    best_val_loss: float
+    stopped_early: bool
+    history: list[EpochStats] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is visible. "
+                           "Fix: --set train.device=cpu (or auto).")
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
+    return None
+
+
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
+    """Mean loss per sample over a loader (nan for an empty one)."""
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = to_device(batch, device)
+            size = len(next(iter(batch.values())))
+            total += float(model.training_step(batch)) * size
+            n += size
+    return total / n if n else math.nan
+
+
+def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
+        checkpoint: Path, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+    """Train, keep the best weights (by val loss; train loss without a val split) in
+    `checkpoint` and leave them loaded in `model`."""
+    device = resolve_device(cfg.device)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _scheduler(opt, cfg)
+    result = TrainResult(best_epoch=-1, best_val_loss=math.inf, stopped_early=False)
+    stale = 0
+    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch")
+    for epoch in bar:
+        model.train()
+        start, total, seen = time.perf_counter(), 0.0, 0
+        for batch in train_loader:
+            batch = to_device(batch, device)
+            opt.zero_grad(set_to_none=True)
+            loss = model.training_step(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {float(loss)} at epoch {epoch}. Fix: lower train.lr or "
+                    "check the data normalisation (data.normalize)."
+                )
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            size = len(batch["image"]) if "image" in batch else 1
+            total += float(loss.detach()) * size
+            seen += size
+        elapsed = time.perf_counter() - start
+        train_loss = total / max(seen, 1)
+        val_loss = evaluate(model, val_loader, device)
+        score = train_loss if math.isnan(val_loss) else val_loss
+        stats = EpochStats(epoch, train_loss, val_loss, opt.param_groups[0]["lr"], elapsed,
+                           seen / elapsed if elapsed > 0 else 0.0)
+        result.history.append(stats)
+        if sched is not None:
+            sched.step()
+        if score < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, stale = score, epoch, 0
+            torch.save(model.state_dict(), checkpoint)
+        else:
+            stale += 1
+        if on_epoch:
+            on_epoch(stats)
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+            result.stopped_early = True
+            break
+    bar.close()
+    model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
+    return result

@@ -1,0 +1,80 @@
+"""Models, looked up by registered name or by import path `pkg.module:Class`.
+
+A model is a `torch.nn.Module` built as `Model(input_shape, **params)` with two methods the
+engine calls: `training_step(batch) -> loss` and `embed(batch) -> (n, dim) tensor`. It may
+also have `reconstruct(batch)`, which the train stage uses for its reconstruction figure.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Any
+
+from hyrax_mlops.config import ModelConfig
+from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.registry import Registry
+
+MODELS: Registry[type] = Registry("model")
+REQUIRED_METHODS = ("training_step", "embed")
+
+from hyrax_mlops.models import autoencoder  # noqa: E402,F401  (built-ins register themselves)
+
+
+def resolve_model_class(name: str) -> type:
+    """The class for `model.name`: a registered name or `pkg.module:Class`."""
+    import torch
+
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(
+                f"config key 'model.name' = '{name}' cannot be imported ({exc}). Fix: make "
+                f"'{module_name}' importable and define {attr} in it, or use one of: "
+                f"{', '.join(MODELS.names())}."
+            ) from None
+    else:
+        try:
+            cls = MODELS.get(name)
+        except KeyError as exc:
+            raise ConfigError(f"config key 'model.name': {exc}") from None
+    missing = [m for m in REQUIRED_METHODS if not callable(getattr(cls, m, None))]
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or missing:
+        raise ConfigError(
+            f"model '{name}' must be a torch.nn.Module with methods "
+            f"{', '.join(REQUIRED_METHODS)} (missing: {', '.join(missing) or 'nn.Module base'})."
+        )
+    return cls
+
+
+def model_params(cfg: ModelConfig) -> dict[str, Any]:
+    """Constructor arguments from [model], checked against the model's signature."""
+    cls = resolve_model_class(cfg.name)
+    sig = inspect.signature(cls.__init__)
+    params = cfg.params()
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    valid = [n for n in sig.parameters if n not in ("self", "input_shape")
+             and sig.parameters[n].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                inspect.Parameter.VAR_POSITIONAL)]
+    if not accepts_any:
+        for key in params:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f" Did you mean 'model.{close[0]}'?" if close else ""
+                raise ConfigError(
+                    f"unknown config key 'model.{key}' for model '{cfg.name}'.{hint} "
+                    f"(its arguments: {', '.join(valid) or 'none'})"
+                )
+    resolved = {n: sig.parameters[n].default for n in valid
+                if sig.parameters[n].default is not inspect.Parameter.empty}
+    resolved.update(params)
+    return resolved
+
+
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]):
+    """An instance of the configured model for inputs of `input_shape` (bands, h, w)."""
+    cls = resolve_model_class(cfg.name)
+    return cls(tuple(input_shape), **model_params(cfg))

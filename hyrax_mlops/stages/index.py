@@ -1,0 +1,102 @@
+"""`index`: upsert an infer run's embeddings into a vector store, with catalog metadata."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
+from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name
+
+SECTIONS = ("index",)
+TAG_LOCATION = "hyrax.index.location"
+TAG_COLLECTION = "hyrax.index.collection"
+_RECALL_QUERIES = 200
+
+
+def backend(cfg: Config):
+    try:
+        return VECTOR_BACKENDS.get(cfg.index.backend)
+    except KeyError as exc:
+        raise ConfigError(f"config key 'index.backend': {exc}") from None
+
+
+def run(cfg: Config, infer_run_id: str, *, force: bool = False,
+        parent_run_id: str | None = None) -> StageRun:
+    backend_cls = backend(cfg)
+    dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
+    name = collection_name(infer_run_id)
+    spec = StageSpec("index", SECTIONS,
+                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id})
+
+    def still_there(run) -> bool:
+        """A reused index run is only good if its collection still holds every vector."""
+        location = json.loads(run.data.tags.get(TAG_LOCATION, "{}"))
+        size = backend_cls.exists(location, name) if location else None
+        return size is not None and size == run.data.metrics.get("n_vectors")
+
+    def body(run_id: str) -> None:
+        _index(cfg, backend_cls, name, infer_run_id, dataset_run_id)
+
+    return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id,
+                     still_valid=still_there)
+
+
+def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
+    from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    catalog = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
+    cols = cfg.index.metadata_columns or list(catalog.columns)
+    unknown = [c for c in cols if c not in catalog.columns]
+    if unknown:
+        raise ConfigError(f"index.metadata_columns names columns not in the catalog: "
+                          f"{', '.join(unknown)} (catalog has: {', '.join(catalog.columns)})")
+    rows = catalog.set_index("object_id", drop=False)[cols].loc[ids]
+    return rows.to_dict("records")
+
+
+def exact_recall(vectors: np.ndarray, found: list[list[str]], ids: np.ndarray, queries: np.ndarray,
+                 k: int, metric: str) -> float:
+    """Recall@k of the index against brute-force numpy search for the same queries."""
+    x, q = vectors.astype(np.float64), vectors[queries].astype(np.float64)
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
+        dist = -q @ x.T
+    elif metric == "ip":
+        dist = -q @ x.T
+    else:
+        dist = ((q[:, None, :] - x[None]) ** 2).sum(-1)
+    truth = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    hits = [len(set(ids[t]) & set(f)) for t, f in zip(truth, found, strict=True)]
+    return float(np.sum(hits) / (k * len(queries)))
+
+
+def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_id: str) -> None:
+    import time
+
+    import mlflow
+
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    ids, vectors = read_embeddings(infer_run_id, cfg)
+    meta = _metadata(cfg, dataset_run_id, ids)
+    index = backend_cls.open(cfg.index, name, create=True)
+    start = time.perf_counter()
+    index.upsert(list(ids), vectors, meta)
+    elapsed = time.perf_counter() - start
+    k = min(10, len(ids))
+    rng = np.random.default_rng(0)
+    queries = rng.choice(len(ids), size=min(_RECALL_QUERIES, len(ids)), replace=False)
+    found = [[i for i, _ in hits] for hits in index.query(vectors[queries], k)]
+    recall = exact_recall(vectors, found, ids, queries, k, cfg.index.metric)
+    location = index.location()
+    mlflow.set_tags({TAG_LOCATION: json.dumps(location), TAG_COLLECTION: name})
+    mlflow.log_dict({"collection": name, "metric": cfg.index.metric, **location},
+                    "index.json")
+    mlflow.log_metrics({"n_vectors": index.count(), "insert_s": elapsed,
+                        f"recall_at_{k}": recall})

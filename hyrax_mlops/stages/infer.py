@@ -1,0 +1,93 @@
+"""`infer`: embed every object of a dataset with a trained model -> embeddings.parquet."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.errors import ConfigError, LineageError
+from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
+
+SECTIONS = ("infer",)
+EMBEDDINGS = "embeddings.parquet"
+
+
+def model_uri(cfg: Config, train_run_id: str | None) -> str:
+    if cfg.infer.model:
+        return cfg.infer.model
+    if not train_run_id:
+        raise ConfigError("infer needs a model: set infer.model=runs:/ID/model or "
+                          "models:/NAME/VERSION, or pass the train run.")
+    return f"runs:/{train_run_id}/model"
+
+
+def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | None = None,
+        force: bool = False, parent_run_id: str | None = None) -> StageRun:
+    import mlflow
+
+    from hyrax_mlops.tracking import setup
+
+    setup(cfg)
+    uri = model_uri(cfg, train_run_id)
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception as exc:
+        raise LineageError(f"cannot find model '{uri}': {exc}") from None
+    source_run = info.run_id
+    if dataset_run_id is None:
+        dataset_run_id = input_run(get_run(source_run, "train"), "dataset")
+    get_run(dataset_run_id, ("download", "ingest"))
+    spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset_run_id, "model": source_run},
+                     fingerprint=info.model_id)
+
+    def body(run_id: str) -> dict[str, str]:
+        return _infer(cfg, uri, dataset_run_id)
+
+    return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
+
+
+def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
+    import mlflow
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hyrax_mlops.data.provider import DataProvider
+    from hyrax_mlops.engine.bundle import load_bundle
+    from hyrax_mlops.engine.inference import embed_all
+    from hyrax_mlops.errors import DataError
+
+    loaded = load_bundle(uri)
+    provider = DataProvider(dataset_run_id, cfg, normalizer=loaded.normalizer)
+    if list(provider.input_shape) != list(loaded.spec["input_shape"]):
+        raise DataError(f"dataset stamps are {list(provider.input_shape)} but the model was "
+                        f"trained on {loaded.spec['input_shape']}.")
+    emb = embed_all(loaded.model, provider.dataloader(None, batch_size=cfg.infer.batch_size),
+                    cfg.infer.device)
+    ids = provider.catalog["object_id"].astype(str).to_numpy()
+    table = pa.table({
+        "object_id": pa.array(ids, pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()),
+                                                       emb.shape[1]),
+    })
+    with tempfile.TemporaryDirectory(prefix="hyrax-infer-") as tmp:
+        path = Path(tmp) / EMBEDDINGS
+        pq.write_table(table, path)
+        mlflow.log_artifact(str(path))
+    mlflow.log_metrics({"n_objects": len(ids), "embedding_dim": emb.shape[1]})
+    mlflow.set_tag("hyrax.model_uri", uri)
+    return {"embeddings": EMBEDDINGS}
+
+
+def read_embeddings(run_id: str, cfg: Config):
+    """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    table = pq.read_table(fetch_artifacts(run_id, EMBEDDINGS, cfg))
+    col = table.column("embedding").combine_chunks()
+    dim = col.type.list_size
+    vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return table.column("object_id").to_numpy(zero_copy_only=False).astype(str), vectors

@@ -1,0 +1,63 @@
+"""`pipeline`: one parent run whose nested runs are the stages, each reused when unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.stages import download, index, infer, ingest, reduce, train
+from hyrax_mlops.tracking import TAG_REUSED, TAG_STAGE_RUN, StageRun, StageSpec, run_stage
+
+ALL_SECTIONS = tuple(Config.model_fields)
+
+
+@dataclass
+class PipelineResult:
+    run_id: str
+    stages: dict[str, StageRun] = field(default_factory=dict)
+
+    def __getitem__(self, stage: str) -> StageRun:
+        return self.stages[stage]
+
+    def summary(self) -> str:
+        return "\n".join(str(s) for s in self.stages.values())
+
+
+def check(cfg: Config) -> None:
+    """Every check each stage would make on its config, before the parent run exists."""
+    from hyrax_mlops.models import model_params
+
+    if cfg.pipeline.dataset == "ingest":
+        ingest.check(cfg)
+    else:
+        download.check(cfg)
+    model_params(cfg.model)
+    index.backend(cfg)
+    reduce.check(cfg)
+
+
+def run(cfg: Config, *, force: bool = False) -> PipelineResult:
+    import mlflow
+
+    check(cfg)
+    result = PipelineResult(run_id="")
+
+    def body(parent: str) -> None:
+        result.run_id = parent
+        steps = result.stages
+        data_stage = ingest if cfg.pipeline.dataset == "ingest" else download
+        steps["dataset"] = data_stage.run(cfg, force=force, parent_run_id=parent)
+        dataset_id = steps["dataset"].run_id
+        steps["train"] = train.run(cfg, dataset_id, force=force, parent_run_id=parent)
+        steps["infer"] = infer.run(cfg, train_run_id=steps["train"].run_id,
+                                   dataset_run_id=dataset_id, force=force, parent_run_id=parent)
+        steps["index"] = index.run(cfg, steps["infer"].run_id, force=force, parent_run_id=parent)
+        steps["reduce"] = reduce.run(cfg, steps["infer"].run_id, force=force,
+                                     parent_run_id=parent)
+        for name, step in steps.items():
+            mlflow.set_tag(TAG_STAGE_RUN + name, step.run_id)
+            mlflow.set_tag(TAG_REUSED + name, str(step.reused).lower())
+        mlflow.log_metric("stages_reused", sum(s.reused for s in steps.values()))
+
+    run_stage(StageSpec("pipeline", ALL_SECTIONS), cfg, body, force=True)
+    return result

@@ -1,0 +1,100 @@
+"""`train`: fit a model on a dataset run; log curves, figures, checkpoint and MLflow model."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.tracking import StageRun, StageSpec, get_run, run_stage
+
+SECTIONS = ("data", "model", "train")
+DATASET_STAGES = ("download", "ingest")
+_RECON_EXAMPLES = 8
+
+
+def check(cfg: Config, dataset_run_id: str) -> None:
+    from hyrax_mlops.models import model_params
+
+    model_params(cfg.model)
+    get_run(dataset_run_id, DATASET_STAGES)
+
+
+def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
+        parent_run_id: str | None = None) -> StageRun:
+    check(cfg, dataset_run_id)
+    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id})
+    return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id), force=force,
+                     parent_run_id=parent_run_id)
+
+
+def _train(cfg: Config, dataset_run_id: str) -> dict[str, str]:
+    import mlflow
+    import numpy as np
+    import torch
+
+    from hyrax_mlops.data.provider import DataProvider
+    from hyrax_mlops.engine import figures
+    from hyrax_mlops.engine.bundle import write_bundle
+    from hyrax_mlops.engine.loop import evaluate, fit, resolve_device, seed_everything
+    from hyrax_mlops.models import build_model, model_params
+
+    seed_everything(cfg.train.seed)
+    provider = DataProvider(dataset_run_id, cfg)
+    params = model_params(cfg.model)
+    model = build_model(cfg.model, provider.input_shape)
+    sizes = {s: len(provider.rows(s)) for s in ("train", "val", "test")}
+    mlflow.log_params({f"model_resolved.{k}": v for k, v in params.items()})
+    mlflow.log_params({"n_parameters": sum(p.numel() for p in model.parameters()),
+                       "input_shape": list(provider.input_shape),
+                       **{f"n_{s}": n for s, n in sizes.items()}})
+    train_loader = provider.dataloader("train", shuffle=True, seed=cfg.train.seed)
+    val_loader = provider.dataloader("val")
+
+    def on_epoch(s) -> None:
+        mlflow.log_metrics({"train_loss": s.train_loss, "val_loss": s.val_loss, "lr": s.lr,
+                            "epoch_time_s": s.epoch_time_s, "samples_per_s": s.samples_per_s},
+                           step=s.epoch)
+
+    with tempfile.TemporaryDirectory(prefix="hyrax-train-") as tmp:
+        ckpt = Path(tmp) / "best.pt"
+        result = fit(model, train_loader, val_loader, cfg.train, ckpt, on_epoch)
+        mlflow.log_artifact(str(ckpt), "checkpoints")
+        device = resolve_device(cfg.train.device)
+        test_loss = evaluate(model, provider.dataloader("test"), device)
+        mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+                            "test_loss": test_loss, "epochs_run": len(result.history),
+                            "stopped_early": float(result.stopped_early)})
+        _log_figure(figures.loss_curve(result.history), "plots/loss_curve.png")
+
+        shown = (provider.rows("val") if sizes["val"] else provider.rows())[:_RECON_EXAMPLES]
+        ds = provider.torch_dataset(None)
+        x = torch.stack([ds[int(r)]["image"] for r in shown])
+        recon_fn = getattr(model, "reconstruct", None)
+        if callable(recon_fn):
+            model.eval()
+            with torch.no_grad():
+                y = recon_fn({"image": x.to(device)}).cpu()
+            ids = provider.catalog["object_id"].to_numpy()[shown]
+            _log_figure(figures.reconstructions(x.numpy(), y.numpy(), list(ids)),
+                        "plots/reconstructions.png")
+
+        model.cpu()
+        extra = write_bundle(model, cfg.model.name, params, provider.input_shape,
+                             provider.normalizer, Path(tmp) / "bundle")
+        info = mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle", extra_files=extra,
+            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}",
+                              f"numpy>={np.__version__}"],
+            registered_model_name=cfg.train.register_as or None,
+        )
+    mlflow.set_tag("hyrax.model_uri", info.model_uri)
+    return {"model_uri": info.model_uri}
+
+
+def _log_figure(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(fig, path)
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""Chroma: a PersistentClient on disk by default, or a Chroma server given `index.url`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.vectors import VECTOR_BACKENDS
+from hyrax_mlops.vectors.base import VectorIndex
+
+_METADATA_TYPES = (str, int, float, bool)
+
+
+def _client(location: dict[str, Any]):
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if location.get("url"):
+        u = urlparse(location["url"])
+        return chromadb.HttpClient(host=u.hostname or "127.0.0.1", port=u.port or 8000,
+                                   ssl=u.scheme == "https", settings=settings)
+    if not Path(location["path"]).is_dir():
+        # Chroma caches one client per path in-process; a folder deleted under it would
+        # otherwise be served from that stale cache.
+        from chromadb.api.client import SharedSystemClient
+
+        SharedSystemClient.clear_system_cache()
+    return chromadb.PersistentClient(path=location["path"], settings=settings)
+
+
+def _clean(meta: dict[str, Any]) -> dict[str, Any]:
+    """Chroma takes only str/int/float/bool values and no None: drop the rest, and NaN."""
+    out = {}
+    for k, v in meta.items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        if isinstance(v, _METADATA_TYPES) and not (isinstance(v, float) and v != v):
+            out[str(k)] = v
+    return out
+
+
+@VECTOR_BACKENDS.register("chroma")
+class ChromaIndex(VectorIndex):
+    capabilities = {"max_k": None, "metadata": True, "metrics": ("cosine", "l2", "ip")}
+
+    def __init__(self, collection, location: dict[str, Any], client) -> None:
+        self._col, self._location, self._client = collection, location, client
+
+    @classmethod
+    def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> ChromaIndex:
+        location = ({"url": cfg.url} if cfg.url
+                    else {"path": str(Path(cfg.path).expanduser().resolve())})
+        client = _client(location)
+        if create:
+            hnsw = {"space": cfg.metric, "ef_construction": cfg.ef_construction,
+                    "ef_search": cfg.ef_search, "max_neighbors": cfg.max_neighbors}
+            col = client.get_or_create_collection(
+                name, configuration={"hnsw": hnsw}, embedding_function=None)
+        else:
+            col = client.get_collection(name, embedding_function=None)
+        return cls(col, location, client)
+
+    @classmethod
+    def exists(cls, location: dict[str, Any], name: str) -> int | None:
+        if "path" in location and not Path(location["path"]).is_dir():
+            return None
+        return super().exists(location, name)
+
+    @classmethod
+    def reopen(cls, location: dict[str, Any], name: str) -> ChromaIndex:
+        client = _client(location)
+        return cls(client.get_collection(name, embedding_function=None), location, client)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               metadatas: Sequence[dict[str, Any]] | None = None) -> None:
+        step = self._client.get_max_batch_size()
+        for i in range(0, len(ids), step):
+            chunk = slice(i, i + step)
+            self._col.upsert(
+                ids=list(ids[chunk]), embeddings=np.asarray(vectors[chunk], np.float32),
+                metadatas=[_clean(m) for m in metadatas[chunk]] if metadatas else None,
+            )
+
+    def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        res = self._col.query(query_embeddings=np.asarray(vectors, np.float32),
+                              n_results=min(k, self.count()), include=["distances"])
+        return [list(zip(ids, map(float, d), strict=True))
+                for ids, d in zip(res["ids"], res["distances"], strict=True)]
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        got = self._col.get(ids=list(ids), include=["embeddings"])
+        by_id = dict(zip(got["ids"], got["embeddings"], strict=True))
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise KeyError(f"ids not in the index: {', '.join(missing[:10])}")
+        return np.stack([np.asarray(by_id[i], np.float32) for i in ids])
+
+    def count(self) -> int:
+        return self._col.count()
+
+    def location(self) -> dict[str, Any]:
+        return {"backend": "chroma", **self._location}

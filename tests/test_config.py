@@ -1,0 +1,89 @@
+"""Config: defaults, overrides from every door, and errors that name the key and the fix."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+import hyrax_mlops as hm
+from hyrax_mlops.cli import main
+from hyrax_mlops.config import load_config
+from hyrax_mlops.errors import ConfigError
+
+
+def test_defaults_validate_and_overrides_apply_from_every_form(tmp_path):
+    cfg = load_config()
+    assert cfg.train.epochs == 20 and cfg.model.name == "conv_autoencoder"
+    user = tmp_path / "hyrax.toml"
+    user.write_text('[train]\nepochs = 7\n[model]\nlatent_dim = 8\n')
+    assert load_config(user).train.epochs == 7
+    assert load_config(user).model.params() == {"latent_dim": 8}
+    as_dict = load_config(user, {"train.epochs": 3, "reduce.dims": [2]})
+    as_list = load_config(user, ["train.epochs=3", "reduce.dims=[2]"])
+    as_text = load_config(user, "train.epochs=3 reduce.dims=[2]")
+    for cfg in (as_dict, as_list, as_text):
+        assert cfg.train.epochs == 3 and cfg.reduce.dims == [2]
+        assert cfg.train.lr == 0.002  # untouched keys keep the shipped default
+    assert load_config(None, ["ingest.cutouts_dir=/data/my cutouts"]).ingest.cutouts_dir == \
+        "/data/my cutouts"
+
+
+def test_misspelt_key_in_file_names_key_and_closest(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\nepoch = 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "'train.epoch'" in str(err.value) and "Did you mean 'epochs'" in str(err.value)
+
+
+def test_misspelt_table_and_wrong_type_in_overrides():
+    with pytest.raises(ConfigError, match=r"'trian'.*Did you mean 'train'"):
+        load_config(None, {"trian.epochs": 5})
+    with pytest.raises(ConfigError, match=r"'train.epochs'.*'five'"):
+        load_config(None, ["train.epochs=five"])
+    with pytest.raises(ConfigError, match=r"'data.normalize'"):
+        load_config(None, {"data.normalize": "sqrt"})
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.epochs"])
+
+
+def test_model_arguments_are_checked_against_the_model_signature():
+    from hyrax_mlops.models import model_params
+
+    cfg = load_config(None, {"model.latent_dimm": 8})
+    with pytest.raises(ConfigError, match=r"'model.latent_dimm'.*Did you mean 'model.latent_dim'"):
+        model_params(cfg.model)
+    with pytest.raises(ConfigError, match=r"no model named 'conv_autoencodr'.*conv_autoencoder"):
+        model_params(load_config(None, {"model.name": "conv_autoencodr"}).model)
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        model_params(load_config(None, {"model.name": "no_such_pkg.mod:Model"}).model)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pipeline", "--set", "train.epoch=5"], "train.epoch"),
+    (["train", "--set", "model.widht=[8]"], "model.widht"),
+    (["pipeline", "--set", "index.backend=faiss"], "no vector_backend named 'faiss'"),
+    (["pipeline", "--set", "reduce.methods=['umap','tsne']"], "no reducer named 'tsne'"),
+    (["ingest", "--set", "ingest.cutouts_dir=/nowhere", "--set", "ingest.catalog=/none.csv"],
+     "ingest.cutouts_dir"),
+    (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.cutouts_dir' is required"),
+])
+def test_cli_fails_before_any_run_exists(store, capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    db = store / "mlflow.db"
+    if db.exists():  # the store may exist, but it holds no run
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = hm.load_config(None, {"model.latent_dim": 12, "reduce.dims": [3]})
+    path = tmp_path / "resolved.toml"
+    path.write_text(cfg.to_toml())
+    again = load_config(path)
+    assert again == cfg
+    assert again.section_hash(["reduce"]) == cfg.section_hash(["reduce"])
+    assert again.section_hash(["reduce"]) != load_config().section_hash(["reduce"])
