@@ -40,4 +40,8 @@ def _read_fits_table(path: Path) -> pd.DataFrame:
 
     table = Table.read(path)
     scalar = [name for name in table.colnames if table[name].ndim <= 1]
-    return table[scalar].to_pandas()
+    df = table[scalar].to_pandas()
+    for col in df.columns:  # FITS strings may arrive as bytes
+        if df[col].dtype == object and len(df) and isinstance(df[col].iloc[0], bytes):
+            df[col] = df[col].str.decode("utf-8").str.strip()
+    return df

@@ -69,12 +69,9 @@ class DatasetWriter:
         self._buffer = []
 
     def close(self, source: dict[str, Any], requested: int) -> dict[str, Any]:
-        """Write the catalog and manifest; refuse an empty dataset with the reasons why."""
+        """Write the catalog and manifest (also when nothing was usable: see `check_usable`)."""
         self._flush()
-        if not self.rows:
-            reasons = Counter(f["reason"] for f in self.failures)
-            raise DataError(f"no usable objects: all {requested} failed ({dict(reasons)}).")
-        catalog = pd.DataFrame(self.rows)
+        catalog = pd.DataFrame(self.rows, columns=None if self.rows else ["object_id"])
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
         manifest = {
             "format": FORMAT,
@@ -97,6 +94,16 @@ class DatasetWriter:
         }
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return manifest
+
+
+def check_usable(manifest: dict[str, Any]) -> None:
+    """Refuse a dataset with no objects, saying why each one failed."""
+    counts = manifest["counts"]
+    if counts["ingested"] == 0:
+        raise DataError(
+            f"no usable objects: all {counts['requested']} failed "
+            f"({counts['failed_by_reason']}); see dataset/manifest.json of this run."
+        )
 
 
 class Dataset:

@@ -98,7 +98,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
             loss = model.training_step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"loss became {float(loss)} at epoch {epoch}. Fix: lower train.lr or "
+                    f"loss became {float(loss.detach())} at epoch {epoch}. Fix: lower train.lr or "
                     "check the data normalisation (data.normalize)."
                 )
             loss.backward()

@@ -35,6 +35,8 @@ def fingerprint(cutouts_dir: Path, catalog: Path) -> str:
 
 def _file_for(row: dict[str, Any], file_column: str) -> str:
     name = row.get(file_column)
+    if isinstance(name, bytes):
+        name = name.decode()
     if isinstance(name, str) and name.strip():
         return name.strip()
     return f"{row['object_id']}.fits"

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hyrax_mlops.data.dataset import ARTIFACT_DIR
+from hyrax_mlops.data.dataset import ARTIFACT_DIR, check_usable
 
 
 def log_dataset(out_dir: Path, manifest: dict[str, Any]) -> None:
+    """Log the dataset, report failures; an empty dataset fails the run after logging."""
     import mlflow
 
     counts = manifest["counts"]
@@ -28,3 +29,4 @@ def log_dataset(out_dir: Path, manifest: dict[str, Any]) -> None:
         msg += f"; {counts['failed']} failed ({reasons}), listed in {ARTIFACT_DIR}/manifest.json" \
                f": {examples}"
     print(msg, file=sys.stderr, flush=True)
+    check_usable(manifest)

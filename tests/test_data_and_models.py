@@ -1,0 +1,123 @@
+"""Splits, normalisation, the provider, models and the training loop, on real XDF stamps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+
+import hyrax_mlops as hm
+from hyrax_mlops.config import load_config
+from hyrax_mlops.data.normalize import fit_normalizer
+from hyrax_mlops.data.provider import DataProvider
+from hyrax_mlops.data.splits import assign_splits
+from hyrax_mlops.engine.loop import fit
+from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.models import build_model
+
+from conftest import DATA
+
+
+def real_stamps() -> np.ndarray:
+    files = sorted((DATA / "xdf_fits" / "stamps").glob("*.fits"))
+    return np.stack([fits.getdata(f).astype(np.float32) for f in files])
+
+
+def test_splits_are_deterministic_disjoint_and_stable_when_objects_are_added():
+    ids = [f"OBJ{i:06d}" for i in range(20000)]
+    splits = assign_splits(ids, [0.8, 0.1, 0.1], seed=0)
+    assert set(splits) == {"train", "val", "test"}
+    for name, frac in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
+        assert (splits == name).mean() == pytest.approx(frac, abs=0.01)
+    assert (assign_splits(ids[::-1], [0.8, 0.1, 0.1])[::-1] == splits).all()  # order-free
+    more = assign_splits(ids + ["NEW1", "NEW2"], [0.8, 0.1, 0.1])
+    assert (more[:-2] == splits).all()
+    assert (assign_splits(ids, [0.8, 0.1, 0.1], seed=1) != splits).any()
+
+
+def test_normalisation_per_band_matches_its_definition():
+    x = real_stamps()
+    for method in ("asinh", "log", "zscore", "none"):
+        norm = fit_normalizer(method, x)
+        y = norm.apply(x)
+        assert y.dtype == np.float32 and y.shape == x.shape
+        for b in range(3):
+            band = x[:, b].astype(np.float64)
+            if method == "zscore":
+                ref = (band - band.mean()) / band.std()
+            elif method == "none":
+                ref = band
+            else:
+                med = np.median(band)
+                sigma = 1.4826 * np.median(np.abs(band - med))
+                z = (band - med) / sigma
+                ref = np.arcsinh(z) if method == "asinh" else np.log1p(np.clip(z, 0, None))
+            np.testing.assert_allclose(y[:, b], ref, rtol=1e-4, atol=1e-4)
+    assert fit_normalizer("asinh", x).to_dict()["method"] == "asinh"
+
+
+def test_provider_serves_normalised_splits_from_the_dataset_run(demo_store):
+    result, cfg = demo_store
+    provider = DataProvider(result["dataset"].run_id, cfg)
+    sizes = {s: len(provider.rows(s)) for s in ("train", "val", "test")}
+    assert sum(sizes.values()) == 300 and sizes["train"] > 200 and sizes["val"] > 10
+    batch = next(iter(provider.dataloader("train", batch_size=16)))
+    assert batch["image"].shape == (16, 3, 64, 64) and batch["image"].dtype == torch.float32
+    row = int(batch["row"][0])
+    raw = provider.data.images([row])[0]
+    np.testing.assert_allclose(batch["image"][0].numpy(), provider.normalizer.apply(raw))
+
+
+def test_training_is_deterministic_for_a_seed(demo_store, tmp_path):
+    result, cfg = demo_store
+    cfg = hm.load_config(cfg, {"train.epochs": 2})
+    losses = []
+    for attempt in range(2):
+        torch.manual_seed(cfg.train.seed)
+        provider = DataProvider(result["dataset"].run_id, cfg)
+        model = build_model(cfg.model, provider.input_shape)
+        res = fit(model, provider.dataloader("train", shuffle=True, seed=cfg.train.seed),
+                  provider.dataloader("val"), cfg.train, tmp_path / f"ck{attempt}.pt")
+        losses.append([(h.train_loss, h.val_loss) for h in res.history])
+    assert losses[0] == losses[1]
+    assert losses[0][1][0] < losses[0][0][0]  # it learns
+
+
+def test_early_stopping_and_a_diverging_loss(demo_store, tmp_path):
+    result, cfg = demo_store
+    provider = DataProvider(result["dataset"].run_id, cfg)
+    stop_cfg = hm.load_config(cfg, {"train.epochs": 30, "train.lr": 1e-9,
+                                    "train.early_stopping_patience": 1}).train
+    torch.manual_seed(0)
+    model = build_model(cfg.model, provider.input_shape)
+    res = fit(model, provider.dataloader("train"), provider.dataloader("val"), stop_cfg,
+              tmp_path / "a.pt")
+    assert res.stopped_early and len(res.history) < 30
+
+    bad = hm.load_config(cfg, {"train.lr": 1e12, "train.grad_clip": 0}).train
+    with pytest.raises(FloatingPointError, match="train.lr"):
+        fit(build_model(cfg.model, provider.input_shape), provider.dataloader("train"),
+            provider.dataloader("val"), bad, tmp_path / "b.pt")
+
+
+def test_a_user_model_by_import_path_trains_and_embeds(demo_store):
+    result, cfg = demo_store
+    cfg = hm.load_config(cfg, {"model": {"name": "user_models:TinyEncoder", "hidden": 6},
+                               "train.epochs": 1})
+    trained = hm.train(cfg, dataset=result["dataset"].run_id)
+    import mlflow
+
+    assert mlflow.get_run(trained.run_id).data.params["model.name"] == "user_models:TinyEncoder"
+    emb = hm.infer(cfg, train_run=trained.run_id)
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    ids, vectors = read_embeddings(emb.run_id, cfg)
+    assert vectors.shape == (300, 6)
+
+
+def test_model_construction_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="not divisible by 2\\*\\*len\\(widths\\) = 8"):
+        build_model(load_config().model, (3, 36, 36))
+    with pytest.raises(ConfigError, match="must be a torch.nn.Module"):
+        build_model(load_config(None, {"model.name": "collections:OrderedDict"}).model, (3, 8, 8))
