@@ -22,6 +22,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/hyrax-mlops pipeline $(if $(CONFIG),-c $(CONFIG))
+	@echo "(the commands above run inside the venv: . $(VENV)/bin/activate)"
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

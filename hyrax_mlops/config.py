@@ -118,6 +118,16 @@ class IndexConfig(_Section):
     max_neighbors: int = Field(32, ge=2)
     metadata_columns: list[str] = []
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str) -> str:
+        from urllib.parse import urlparse
+
+        if v and (urlparse(v).username or urlparse(v).password):
+            raise ValueError("index.url must not hold credentials (they would be logged); "
+                             "give them to the backend through its environment variables")
+        return v
+
 
 class ReduceConfig(_Section):
     methods: list[str] = ["umap", "pca"]

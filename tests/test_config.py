@@ -44,6 +44,8 @@ def test_misspelt_table_and_wrong_type_in_overrides():
         load_config(None, ["train.epochs=five"])
     with pytest.raises(ConfigError, match=r"'data.normalize'"):
         load_config(None, {"data.normalize": "sqrt"})
+    with pytest.raises(ConfigError, match="must not hold credentials"):
+        load_config(None, {"index.url": "http://user:secret@127.0.0.1:8000"})
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.epochs"])
 

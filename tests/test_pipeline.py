@@ -211,3 +211,31 @@ def test_reindexing_never_duplicates_and_a_lost_index_is_rebuilt(demo_store):
     rebuilt = hm.index(cfg, embeddings=result["infer"].run_id)
     assert not rebuilt.reused
     assert hm.search_by_id(rebuilt.run_id, "XDF00003", k=2)["object_id"].iloc[0] == "XDF00003"
+
+
+def test_index_on_a_chroma_server(demo_store, tmp_path):
+    from servers import chroma_server
+
+    result, cfg = demo_store
+    with chroma_server(tmp_path / "chroma-server") as url:
+        run = hm.index(cfg, {"index.url": url}, embeddings=result["infer"].run_id)
+        assert not run.reused
+        assert json.loads(mlflow.get_run(run.run_id).data.tags["hyrax.index.location"]) == {
+            "backend": "chroma", "url": url}
+        hits = hm.search_by_id(run.run_id, "XDF00010", k=5)
+        assert hits["object_id"].iloc[0] == "XDF00010" and len(hits) == 5
+        assert mlflow.get_run(run.run_id).data.metrics["recall_at_10"] >= 0.9
+
+
+def test_infer_from_a_registered_model(demo_store):
+    result, cfg = demo_store
+    registered = hm.load_config(cfg, {"train.register_as": "xdf-autoencoder",
+                                      "train.epochs": 1})
+    trained = hm.train(registered, dataset=result["dataset"].run_id)
+    version = MlflowClient().get_model_version("xdf-autoencoder", "1")
+    assert version.run_id == trained.run_id
+    emb = hm.infer(cfg, {"infer.model": "models:/xdf-autoencoder/1"})
+    tags = mlflow.get_run(emb.run_id).data.tags
+    assert tags["hyrax.input.model"] == trained.run_id
+    assert tags["hyrax.input.dataset"] == result["dataset"].run_id
+    assert tags["hyrax.model_uri"] == "models:/xdf-autoencoder/1"

@@ -17,8 +17,10 @@ COORDS = ("x", "y", "z")
 def _colour(values: pd.Series):
     if pd.api.types.is_numeric_dtype(values):
         v = values.astype(float).to_numpy()
-        if np.nanmin(v) > 0 and np.nanmax(v) / np.nanmin(v) > 100:  # fluxes: log scale reads better
-            return np.log10(v), f"log10({values.name})"
+        pos = v[v > 0]
+        if len(pos) > 0.9 * np.isfinite(v).sum() and np.nanmax(v) > 100 * np.median(pos):
+            # heavy-tailed positives (fluxes, sizes): a log scale shows their structure
+            return np.log10(np.clip(v, pos.min(), None)), f"log10({values.name})"
         return v, str(values.name)
     codes, _ = pd.factorize(values.astype(str))
     return codes, str(values.name)

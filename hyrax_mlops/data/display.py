@@ -5,6 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 
+def linear(cube: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """(bands, h, w) -> (h, w, 3) in [0, 1], each band scaled between the 1st and 99.8th
+    percentile of `reference` (default: the cube): for data that is already normalised."""
+    ref = np.asarray(cube if reference is None else reference, dtype=np.float64)
+    lo = np.percentile(ref, 1, axis=(1, 2), keepdims=True)
+    hi = np.percentile(ref, 99.8, axis=(1, 2), keepdims=True)
+    img = (np.asarray(cube, dtype=np.float64) - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return _to_rgb(img)
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    if img.shape[0] != 3:
+        img = np.repeat(img.mean(axis=0, keepdims=True), 3, axis=0)
+    return np.clip(np.transpose(img, (1, 2, 0))[::-1], 0, 1)
+
+
 def stretch(cube: np.ndarray, q: float = 8.0) -> np.ndarray:
     """(bands, h, w) pixels -> (h, w, 3) floats in [0, 1], top row first (FITS rows flipped).
 
@@ -15,7 +31,4 @@ def stretch(cube: np.ndarray, q: float = 8.0) -> np.ndarray:
     med = np.median(cube, axis=(1, 2), keepdims=True)
     top = np.percentile(cube - med, 99.5, axis=(1, 2), keepdims=True)
     x = np.clip((cube - med) / np.where(top > 0, top, 1.0), 0, None)
-    img = np.arcsinh(q * x) / np.arcsinh(q)
-    if img.shape[0] != 3:
-        img = np.repeat(img.mean(axis=0, keepdims=True), 3, axis=0)
-    return np.clip(np.transpose(img, (1, 2, 0))[::-1], 0, 1)
+    return _to_rgb(np.arcsinh(q * x) / np.arcsinh(q))

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hyrax_mlops.data.display import stretch  # noqa: E402
+from hyrax_mlops.data.display import linear  # noqa: E402
 from hyrax_mlops.engine.loop import EpochStats  # noqa: E402
 
 
@@ -26,13 +26,11 @@ def loss_curve(history: Sequence[EpochStats]):
 
 
 def reconstructions(inputs: np.ndarray, outputs: np.ndarray, ids: Sequence[str]):
-    """Top row: inputs; bottom row: reconstructions (same stretch per pair)."""
+    """Top row: inputs; bottom row: reconstructions, each pair on the input's scale."""
     n = len(inputs)
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
     for i in range(n):
-        pair = stretch(np.concatenate([inputs[i], outputs[i]], axis=2))
-        w = pair.shape[1] // 2
-        for row, img in enumerate((pair[:, :w], pair[:, w:])):
+        for row, img in enumerate((linear(inputs[i]), linear(outputs[i], inputs[i]))):
             axes[row, i].imshow(img)
             axes[row, i].axis("off")
         axes[0, i].set_title(str(ids[i]), fontsize=7)
