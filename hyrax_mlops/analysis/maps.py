@@ -18,7 +18,7 @@ def _colour(values: pd.Series):
     if pd.api.types.is_numeric_dtype(values):
         v = values.astype(float).to_numpy()
         pos = v[v > 0]
-        if len(pos) > 0.9 * np.isfinite(v).sum() and np.nanmax(v) > 100 * np.median(pos):
+        if len(pos) > 0.9 * np.isfinite(v).sum() and np.nanmax(v) > 10 * np.median(pos):
             # heavy-tailed positives (fluxes, sizes): a log scale shows their structure
             return np.log10(np.clip(v, pos.min(), None)), f"log10({values.name})"
         return v, str(values.name)
@@ -48,7 +48,11 @@ def maps_html(tables: dict[str, pd.DataFrame], color_by: str | None,
 
     parts = []
     for i, (title, table) in enumerate(tables.items()):
-        kwargs = dict(color=color_by if color_by in table else None, hover_name="object_id",
+        colour = color_by if color_by in table else None
+        if colour and pd.api.types.is_numeric_dtype(table[colour]):
+            values, colour = _colour(table[colour])  # same scale as the PNG
+            table = table.assign(**{colour: values})
+        kwargs = dict(color=colour, hover_name="object_id",
                       hover_data=[h for h in hover if h in table], title=title)
         if "z" in table:
             fig = px.scatter_3d(table, x="x", y="y", z="z", **kwargs)
