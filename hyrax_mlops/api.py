@@ -12,6 +12,7 @@ from typing import Any
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.config import load_config as _load
+from hyrax_mlops.tracking import upstream
 
 ConfigLike = Config | str | Path | None
 Overrides = Mapping[str, Any] | Iterable[str] | str | None
@@ -44,7 +45,8 @@ def _dataset(cfg: Config, force: bool = False):
     from hyrax_mlops.stages import pipeline as pl
 
     pl.check(cfg)  # upstream runs are about to be made: check the whole config first
-    return (ing if cfg.pipeline.dataset == "ingest" else dl).run(cfg, force=force).run_id
+    with upstream():
+        return (ing if cfg.pipeline.dataset == "ingest" else dl).run(cfg, force=force).run_id
 
 
 def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
@@ -70,7 +72,9 @@ def train(config: ConfigLike = None, overrides: Overrides = None, *,
 def _train_run(cfg: Config) -> str:
     from hyrax_mlops.stages import train as stage
 
-    return stage.run(cfg, _dataset(cfg)).run_id
+    dataset = _dataset(cfg)
+    with upstream():
+        return stage.run(cfg, dataset).run_id
 
 
 def infer(config: ConfigLike = None, overrides: Overrides = None, *, train_run: str | None = None,
@@ -89,7 +93,8 @@ def _embeddings(cfg: Config) -> str:
 
     pl.check(cfg)
     train_run = None if cfg.infer.model else _train_run(cfg)
-    return stage.run(cfg, train_run_id=train_run).run_id
+    with upstream():
+        return stage.run(cfg, train_run_id=train_run).run_id
 
 
 def index(config: ConfigLike = None, overrides: Overrides = None, *,

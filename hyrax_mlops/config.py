@@ -243,10 +243,17 @@ def _parse_overrides(overrides: Mapping[str, Any] | Iterable[str] | str | None) 
 
 
 def parse_value(raw: str) -> Any:
-    """A TOML literal (5, 1e-3, true, [16, 32], "text"), else the raw text as a string."""
+    """A TOML literal (5, 1e-3, true, [16, 32], "text"), else the raw text as a string.
+
+    A list of bare words, `[umap,pca]` (what a shell leaves of `['umap','pca']`), is a list of
+    strings.
+    """
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
+        if raw.startswith("[") and raw.endswith("]"):
+            inner = raw[1:-1].strip()
+            return [parse_value(item.strip()) for item in inner.split(",")] if inner else []
         return raw
 
 

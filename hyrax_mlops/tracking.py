@@ -7,6 +7,7 @@ with the same four is reused instead of recomputed, unless `force` is given.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -31,7 +32,11 @@ TAG_LAUNCHED = "hyrax.launcher_for"  # on an `mlflow run` run whose stage was re
 TAG_ERROR = "hyrax.error"
 CONFIG_ARTIFACT = "config/hyrax.toml"
 
-_claimed_launcher_run: set[str] = set()
+# `mlflow run` hands its run to the entry point as MLFLOW_RUN_ID, and MLflow deletes that
+# variable once a run has been started: remember it for the life of the process.
+_LAUNCHER_RUN_ID: str | None = os.environ.get("MLFLOW_RUN_ID") or None
+_launcher_claimed = False
+_upstream_depth = 0
 
 
 def _quiet_environment() -> None:
@@ -67,7 +72,31 @@ def setup(cfg: Config) -> str:
 
 
 def _launcher_run_id() -> str | None:
-    return os.environ.get("MLFLOW_RUN_ID") or None
+    global _LAUNCHER_RUN_ID
+    _LAUNCHER_RUN_ID = _LAUNCHER_RUN_ID or os.environ.get("MLFLOW_RUN_ID") or None
+    return _LAUNCHER_RUN_ID
+
+
+@contextlib.contextmanager
+def upstream():
+    """Stages run inside this block are prerequisites: they never take over the run that
+    `mlflow run` made for the stage the user asked for."""
+    global _upstream_depth
+    _upstream_depth += 1
+    try:
+        yield
+    finally:
+        _upstream_depth -= 1
+
+
+def _claim_launcher() -> str | None:
+    """The `mlflow run` run, the first time a requested (not upstream) stage asks for it."""
+    global _launcher_claimed
+    launcher = _launcher_run_id()
+    if not launcher or _launcher_claimed or _upstream_depth:
+        return None
+    _launcher_claimed = True
+    return launcher
 
 
 @functools.cache
@@ -161,15 +190,12 @@ def run_stage(
     experiment_id = setup(cfg)
     tags = spec.tags(cfg)
     client = MlflowClient()
-    launcher = _launcher_run_id() if parent_run_id is None else None
-    if launcher in _claimed_launcher_run:
-        launcher = None
+    launcher = _claim_launcher() if parent_run_id is None else None
 
     if not force:
         found = find_reusable(experiment_id, tags, still_valid)
         if found:
             if launcher:
-                _claimed_launcher_run.add(launcher)
                 client.set_tag(launcher, TAG_LAUNCHED, found)
             say(f"{spec.stage}: reusing finished run {found} (--force re-runs it)")
             return StageRun(spec.stage, found, reused=True)
@@ -178,7 +204,6 @@ def run_stage(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     if launcher:
-        _claimed_launcher_run.add(launcher)
         run_id = launcher
         for k, v in tags.items():
             client.set_tag(run_id, k, v)
@@ -278,38 +303,84 @@ def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
 # --------------------------------------------------------------------------- lineage
 
 
-def lineage_lines(run_id: str) -> list[str]:
-    """The chain of runs behind `run_id`, one line each, indented by depth."""
+@dataclass
+class LineageNode:
+    """One run in a lineage walk: `label` is the input name it was consumed as."""
+
+    run_id: str
+    label: str
+    depth: int
+    stage: str = "?"
+    status: str = ""
+    config_hash: str = "-"
+    code_version: str = "-"
+    repeat: bool = False  # already listed higher up
+    missing: bool = False  # not in this tracking store
+
+
+def lineage(run_id: str) -> list[LineageNode]:
+    """The runs behind `run_id` (its inputs, their inputs, ...), depth first."""
     import mlflow
 
     _quiet_environment()
     mlflow.set_tracking_uri(tracking_uri())
-    lines: list[str] = []
+    nodes: list[LineageNode] = []
+    shown: set[str] = set()
 
-    def describe(rid: str, label: str, depth: int) -> None:
-        pad = "  " * depth + ("└─ " if depth else "")
+    def visit(rid: str, label: str, depth: int) -> None:
+        node = LineageNode(rid, label, depth)
+        nodes.append(node)
         try:
             run = mlflow.get_run(rid)
         except Exception:
-            lines.append(f"{pad}{label}{rid}  (missing from this tracking store)")
+            node.missing = True
             return
         t = run.data.tags
-        stage = t.get(TAG_STAGE, "?")
-        extra = f"config {t.get(TAG_CONFIG_HASH, '-')}  code {t.get(TAG_CODE_VERSION, '-')}"
+        node.stage, node.status = t.get(TAG_STAGE, "?"), run.info.status
+        node.config_hash = t.get(TAG_CONFIG_HASH, "-")
+        node.code_version = t.get(TAG_CODE_VERSION, "-")
         if rid in shown:
-            lines.append(f"{pad}{label}{stage:<8} {rid}  (shown above)")
+            node.repeat = True
             return
         shown.add(rid)
-        lines.append(f"{pad}{label}{stage:<8} {rid}  {run.info.status:<8} {extra}")
         children = sorted((k[len(TAG_INPUT):], v) for k, v in t.items() if k.startswith(TAG_INPUT))
         children += sorted(
             (k[len(TAG_STAGE_RUN):], v) for k, v in t.items() if k.startswith(TAG_STAGE_RUN)
         )
         for name, child in children:
-            describe(child, f"{name}: ", depth + 1)
+            visit(child, name, depth + 1)
 
-    shown: set[str] = set()
-    describe(run_id, "", 0)
+    visit(run_id, "", 0)
+    return nodes
+
+
+def consumers(run_id: str, experiment_ids: list[str]) -> list[tuple[str, str, str]]:
+    """Runs that took `run_id` as an input: (input name, stage, run id), newest first."""
+    from mlflow.tracking import MlflowClient
+
+    out = []
+    for name in ("dataset", "model", "embeddings"):
+        for run in MlflowClient().search_runs(
+            experiment_ids, f"tags.`{TAG_INPUT}{name}` = '{run_id}'",
+            order_by=["attributes.start_time DESC"], max_results=50,
+        ):
+            out.append((name, run.data.tags.get(TAG_STAGE, "?"), run.info.run_id))
+    return out
+
+
+def lineage_lines(run_id: str) -> list[str]:
+    """The chain of runs behind `run_id`, one line each, indented by depth."""
+    lines = []
+    for n in lineage(run_id):
+        pad = "  " * n.depth + ("└─ " if n.depth else "")
+        label = f"{n.label}: " if n.label else ""
+        if n.missing:
+            lines.append(f"{pad}{label}{n.run_id}  (missing from this tracking store)")
+        elif n.repeat:
+            lines.append(f"{pad}{label}{n.stage:<8} {n.run_id}  (shown above)")
+        else:
+            lines.append(f"{pad}{label}{n.stage:<8} {n.run_id}  {n.status:<8} "
+                         f"config {n.config_hash}  code {n.code_version}")
     return lines
 
 

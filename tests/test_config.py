@@ -27,6 +27,8 @@ def test_defaults_validate_and_overrides_apply_from_every_form(tmp_path):
         assert cfg.train.lr == 0.002  # untouched keys keep the shipped default
     assert load_config(None, ["ingest.cutouts_dir=/data/my cutouts"]).ingest.cutouts_dir == \
         "/data/my cutouts"
+    # what a shell leaves of ['umap','pca'] still means a list of names
+    assert load_config(None, "reduce.methods=[umap,pca]").reduce.methods == ["umap", "pca"]
 
 
 def test_misspelt_key_in_file_names_key_and_closest(tmp_path):

@@ -136,3 +136,16 @@ def test_xdf_source_reproduces_the_published_stamps(tmp_path):
     np.testing.assert_allclose(data.catalog["flux"], reference["flux"], rtol=1e-4)
     np.testing.assert_allclose(data.catalog["r_half"], reference["r_half"], rtol=1e-3)
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["source"]["wcs"] is False
+
+
+def test_single_band_images_with_a_parquet_catalog(store):
+    cut = store / "grey"
+    cut.mkdir()
+    rows = pd.read_csv(CATALOG).head(4)
+    for oid in rows["object_id"]:
+        fits.PrimaryHDU(real_cube(oid)[1]).writeto(cut / f"{oid}.fits")  # 2D: the G plane
+    rows[["object_id", "flux"]].to_parquet(store / "cat.parquet")
+    run = hm.ingest(None, {"ingest.cutouts_dir": "grey", "ingest.catalog": "cat.parquet"})
+    data, manifest = load_dataset(run.run_id)
+    assert manifest["shape"] == [1, 64, 64] and manifest["counts"]["ingested"] == 4
+    np.testing.assert_array_equal(data.images([3])[0, 0], real_cube("XDF00004")[1])

@@ -12,25 +12,42 @@ import mlflow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_mlflow_run_entry_point_makes_the_stage_run_and_reuses_it(store):
+def test_mlflow_run_entry_points_share_runs_and_cache(store):
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}")
-    cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "download",
-           "--env-manager", "local", "--experiment-name", "projects",
-           "-P", f"overrides=download.limit=20 tracking.cache_dir={store / 'cache'}"]
-    for _ in range(2):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr[-3000:]
-    runs = mlflow.search_runs(experiment_names=["projects"], order_by=["start_time ASC"])
-    assert len(runs) == 2 and (runs["status"] == "FINISHED").all()
-    first, second = runs.iloc[0], runs.iloc[1]
-    # the run `mlflow run` made is the stage run itself, with the hyrax tags and artifacts
-    assert first["tags.hyrax.stage"] == "download"
-    assert first["params.download.limit"] == "20" and first["metrics.n_objects"] == 20
-    # the second launch found it and pointed to it instead of recomputing
-    assert second["tags.hyrax.launcher_for"] == first["run_id"]
-    assert "reusing finished run" in done.stderr
+    small = (f"download.limit=40 train.epochs=1 model.widths=[8,8] model.latent_dim=4 "
+             f"reduce.methods=['pca'] tracking.cache_dir={store / 'cache'} "
+             f"index.path={store / 'chroma'}")
 
-    bad = subprocess.run(cmd[:-1] + ["overrides=download.limt=20"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    def mlflow_run(entry: str, overrides: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry,
+               "--env-manager", "local", "--experiment-name", "projects",
+               "-P", f"overrides={overrides}"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    done = mlflow_run("pipeline", small)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = mlflow.search_runs(experiment_names=["projects"])
+    assert (runs["status"] == "FINISHED").all()
+    launcher = runs[runs["tags.hyrax.stage"] == "pipeline"]
+    assert len(launcher) == 1  # the run `mlflow run` made is the pipeline's parent run
+    stages = runs[runs["tags.mlflow.parentRunId"] == launcher["run_id"].iloc[0]]
+    assert sorted(stages["tags.hyrax.stage"]) == ["download", "index", "infer", "reduce",
+                                                  "train"]
+
+    again = mlflow_run("download", small)  # same config: reused, and the launch says so
+    assert again.returncode == 0 and "reusing finished run" in again.stderr
+    runs = mlflow.search_runs(experiment_names=["projects"], order_by=["start_time DESC"])
+    download = stages[stages["tags.hyrax.stage"] == "download"]["run_id"].iloc[0]
+    assert runs.iloc[0]["tags.hyrax.launcher_for"] == download
+
+    trained = mlflow_run("train", small.replace("train.epochs=1", "train.epochs=2"))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    newest = mlflow.search_runs(experiment_names=["projects"],
+                                order_by=["start_time DESC"]).iloc[0]
+    # the launch is the new train run itself, fed by the cached dataset
+    assert newest["tags.hyrax.stage"] == "train" and newest["params.train.epochs"] == "2"
+    assert newest["tags.hyrax.input.dataset"] == download
+
+    bad = mlflow_run("download", "download.limt=20")
     assert bad.returncode != 0 and "download.limt" in bad.stderr and "Did you mean" in bad.stderr
