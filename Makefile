@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo app test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,17 @@ demo: setup
 	$(VENV)/bin/hyrax-mlops pipeline $(if $(CONFIG),-c $(CONFIG))
 	@echo "(the commands above run inside the venv: . $(VENV)/bin/activate)"
 
-test: setup
+# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "[make] installing Debian's chromium for the browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "[make] could not install chromium: the browser tests will be skipped"; }
+
+app: setup
+	$(VENV)/bin/hyrax-mlops app
+
+test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _config_args(p)
     sub.add_parser("list", help="list registered sources, models, vector backends, reducers")
+    p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--token-file", help="file holding the access token (or HYRAX_APP_TOKEN); "
+                                        "required to bind beyond loopback")
+    _config_args(p)
     return parser
 
 
@@ -103,6 +109,21 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    import importlib
+
+    import hyrax_mlops as hm
+
+    cfg = hm.load_config(args.config, args.overrides)
+    try:  # the app is the outermost layer: imported only when asked for
+        server = importlib.import_module("dash_app.server")
+    except ImportError as exc:
+        raise HyraxError(f"the app needs its extras ({exc}). Fix: pip install "
+                         "'hyrax-mlops[app]'") from None
+    server.serve(args.host, args.port, args.token_file, cfg)
+    return 0
+
+
 def _list() -> int:
     from hyrax_mlops.analysis.reducers import REDUCERS
     from hyrax_mlops.models import MODELS
@@ -127,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(hm.lineage(args.run_id))
             return 0
+        if args.command == "app":
+            return _app(args)
         if args.command == "config":
             import hyrax_mlops as hm
 

@@ -49,3 +49,40 @@ def chroma_server(path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def app_server(workdir: Path, tracking_uri: str, extra_env: dict | None = None,
+               host: str = "127.0.0.1", args: tuple = ()):
+    """`hyrax-mlops app` on a loopback port, reading `tracking_uri`; yields its URL."""
+    import os
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, **(extra_env or {}))
+    exe = Path(sys.executable).parent / "hyrax-mlops"
+    proc = subprocess.Popen([str(exe), "app", "--host", host, "--port", str(port), *args],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://{host}:{port}/"
+    try:
+        wait_http(url, proc, timeout=60) if not extra_env or "HYRAX_APP_TOKEN" not in extra_env \
+            else _wait_port(host, port, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listening on {host}:{port}")

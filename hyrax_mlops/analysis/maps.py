@@ -14,7 +14,8 @@ import pandas as pd  # noqa: E402
 COORDS = ("x", "y", "z")
 
 
-def _colour(values: pd.Series):
+def colour_scale(values: pd.Series) -> tuple[np.ndarray, str]:
+    """Values to colour by and their label: log10 for heavy-tailed positives, codes for text."""
     if pd.api.types.is_numeric_dtype(values):
         v = values.astype(float).to_numpy()
         pos = v[v > 0]
@@ -31,7 +32,7 @@ def map_png(table: pd.DataFrame, title: str, color_by: str | None):
     three_d = "z" in table
     fig = plt.figure(figsize=(6.5, 5.5))
     ax = fig.add_subplot(projection="3d" if three_d else None)
-    c, label = (_colour(table[color_by]) if color_by in table else (None, ""))
+    c, label = (colour_scale(table[color_by]) if color_by in table else (None, ""))
     pts = ax.scatter(*(table[k] for k in COORDS if k in table), c=c, s=6, cmap="viridis",
                      linewidths=0)
     if c is not None:
@@ -50,7 +51,7 @@ def maps_html(tables: dict[str, pd.DataFrame], color_by: str | None,
     for i, (title, table) in enumerate(tables.items()):
         colour = color_by if color_by in table else None
         if colour and pd.api.types.is_numeric_dtype(table[colour]):
-            values, colour = _colour(table[colour])  # same scale as the PNG
+            values, colour = colour_scale(table[colour])  # same scale as the PNG
             table = table.assign(**{colour: values})
         kwargs = dict(color=colour, hover_name="object_id",
                       hover_data=[h for h in hover if h in table], title=title)

@@ -21,6 +21,22 @@ def _to_rgb(img: np.ndarray) -> np.ndarray:
     return np.clip(np.transpose(img, (1, 2, 0))[::-1], 0, 1)
 
 
+def zscale(cube: np.ndarray) -> np.ndarray:
+    """(bands, h, w) -> (h, w, 3) in [0, 1], each band linear between its IRAF zscale limits."""
+    from astropy.visualization import ZScaleInterval
+
+    interval = ZScaleInterval()
+    img = np.stack([_unit(band, *interval.get_limits(band)) for band in np.asarray(cube, float)])
+    return _to_rgb(img)
+
+
+def _unit(band: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    return (band - lo) / (hi - lo if hi > lo else 1.0)
+
+
+STRETCHES = {"asinh": lambda cube: stretch(cube), "zscale": zscale, "linear": linear}
+
+
 def stretch(cube: np.ndarray, q: float = 8.0) -> np.ndarray:
     """(bands, h, w) pixels -> (h, w, 3) floats in [0, 1], top row first (FITS rows flipped).
 

@@ -1,0 +1,61 @@
+"""Compare: two or three reductions side by side, the explorer's selection and the reference
+objects highlighted in each, to judge which latent space organises them best."""
+
+from __future__ import annotations
+
+import numpy as np
+from dash import Input, Output, dcc, html
+
+from dash_app import figures, selection
+from dash_app.data import AppData
+
+MAX_RUNS = 3
+
+
+def layout(data: AppData) -> html.Div:
+    return html.Div([
+        html.Div([
+            dcc.Dropdown(id="compare-runs", multi=True, placeholder="two or three reduce runs",
+                         style={"minWidth": "520px"}),
+            dcc.Dropdown(id="compare-map", value="umap_2d", clearable=False,
+                         options=["umap_2d", "pca_2d"], style={"minWidth": "140px"}),
+        ], className="toolbar"),
+        html.Div(id="compare-info", className="message"),
+        html.Div(id="compare-graphs", style={"display": "flex", "gap": "8px"}),
+    ])
+
+
+def register(app, data: AppData) -> None:
+    @app.callback(Output("compare-runs", "options"), Output("compare-runs", "value"),
+                  Input("tabs", "value"), Input("compare-runs", "value"))
+    def options(_, chosen):
+        opts = data.reduce_runs()
+        chosen = (chosen or [o["value"] for o in opts[:2]])[:MAX_RUNS]
+        return opts, chosen
+
+    @app.callback(Output("compare-graphs", "children"), Output("compare-info", "children"),
+                  Input("compare-runs", "value"), Input("compare-map", "value"),
+                  Input("explorer-selection", "data"), Input("explorer-reference", "data"))
+    def draw(runs, key, sel, reference):
+        if not runs:
+            return [], "Pick reduce runs to compare."
+        sel_rows = selection.resolve(data, sel)
+        sel_ids = data.reduction(sel["run"]).ids[sel_rows] if len(sel_rows) else []
+        ref_ids = (data.reduction(reference["run"]).ids[np.asarray(reference["rows"], int)]
+                   if reference and reference.get("rows") else [])
+        graphs = []
+        for run in runs[:MAX_RUNS]:
+            red = data.reduction(run)
+            if key not in red.maps:
+                graphs.append(html.Div(f"{run[:8]} has no {key} map"))
+                continue
+            fig, _ = figures.map_2d(
+                red.maps[key], red.catalog, None, figures.View(),
+                highlight=red.rows_of(sel_ids), reference=red.rows_of(ref_ids),
+                title=f"{key} of {run[:8]}", max_points=figures.MAX_POINTS)
+            fig.update_layout(height=460, dragmode="pan", showlegend=False)
+            graphs.append(dcc.Graph(figure=fig, style={"flex": "1"},
+                                    id={"type": "compare-graph", "run": run}))
+        info = (f"{len(sel_ids):,} selected objects (red rings) and {len(ref_ids):,} reference "
+                "objects (stars) highlighted in each map.")
+        return graphs, info

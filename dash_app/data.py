@@ -1,0 +1,135 @@
+"""What the app reads, read once per run id and kept in memory (never per callback).
+
+A `Reduction` is one reduce run: its maps (x, y[, z] per object), the catalog of the dataset
+behind it, pixels for thumbnails, and the vector index of its embeddings for neighbours.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from hyrax_mlops.config import Config
+from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, setup
+
+MAX_CACHED_RUNS = 6
+
+
+@dataclass
+class Reduction:
+    """Maps, catalog and pixels of one reduce run, aligned by catalog row."""
+
+    run_id: str
+    maps: dict[str, pd.DataFrame]  # key -> columns x, y[, z], row (into catalog)
+    catalog: pd.DataFrame  # object_id first
+    images: Callable[[np.ndarray], np.ndarray] | None = None  # rows -> (n, bands, h, w)
+    infer_run_id: str | None = None
+    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.ids = self.catalog["object_id"].astype(str).to_numpy()
+
+    def rows_of(self, ids) -> np.ndarray:
+        """Catalog rows of object ids (unknown ids are dropped)."""
+        if not self._row_of:
+            self._row_of = {oid: i for i, oid in enumerate(self.ids)}
+        return np.array([self._row_of[i] for i in ids if i in self._row_of], dtype=np.int64)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.maps)
+
+    def columns(self) -> list[str]:
+        return [c for c in self.catalog.columns if c != "object_id"]
+
+
+class AppData:
+    """The app's window on the tracking store; heavy reads are cached by run id."""
+
+    def __init__(self, cfg: Config | None = None) -> None:
+        self.cfg = cfg or Config()
+        self._lock = threading.Lock()
+        self._extra: dict[str, Reduction] = {}
+        setup(self.cfg)
+
+    # -- runs -----------------------------------------------------------------------------
+    def experiments(self) -> list[tuple[str, str]]:
+        import mlflow
+
+        return [(e.experiment_id, e.name) for e in mlflow.search_experiments()]
+
+    def runs(self, experiment_ids: list[str], filter_string: str = "") -> pd.DataFrame:
+        import mlflow
+
+        if not experiment_ids:
+            return pd.DataFrame()
+        return mlflow.search_runs(experiment_ids=experiment_ids, filter_string=filter_string,
+                                  order_by=["attributes.start_time DESC"], max_results=2000)
+
+    def reduce_runs(self) -> list[dict]:
+        """FINISHED reduce runs, newest first, as dropdown options."""
+        import mlflow
+
+        df = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`{TAG_STAGE}` = 'reduce' AND attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=200)
+        opts = [{"label": f"{r['tags.mlflow.runName']}  {r['run_id'][:8]}  "
+                          f"{r['start_time']:%Y-%m-%d %H:%M}", "value": r["run_id"]}
+                for _, r in df.iterrows()]
+        opts += [{"label": f"{rid} (in memory)", "value": rid} for rid in self._extra]
+        return opts
+
+    # -- reductions -------------------------------------------------------------------------
+    def add(self, reduction: Reduction) -> None:
+        """Serve a reduction that is not in MLflow (benchmarks, notebooks)."""
+        self._extra[reduction.run_id] = reduction
+
+    def reduction(self, run_id: str) -> Reduction:
+        if run_id in self._extra:
+            return self._extra[run_id]
+        with self._lock:
+            return _load_reduction(run_id, self.cfg.tracking.cache_dir)
+
+    def searcher(self, reduction: Reduction):
+        """The vector index behind a reduction (newest index run of its embeddings)."""
+        if not reduction.infer_run_id:
+            return None
+        return _searcher(reduction.infer_run_id, self.cfg.tracking.cache_dir)
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_RUNS)
+def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
+    from pathlib import Path
+
+    from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
+
+    cfg = Config.model_validate({"tracking": {"cache_dir": cache_dir}})
+    run = get_run(run_id, "reduce")
+    dataset = Dataset(fetch_artifacts(run.data.tags[TAG_INPUT + "dataset"], ARTIFACT_DIR, cfg))
+    folder = Path(fetch_artifacts(run_id, "reductions", cfg))
+    row_of = pd.Series(np.arange(len(dataset)), index=dataset.ids)
+    maps = {}
+    for path in sorted(folder.glob("*.parquet")):
+        table = pd.read_parquet(path)
+        table["row"] = row_of.loc[table["object_id"].astype(str)].to_numpy()
+        maps[path.stem] = table.drop(columns="object_id")
+    return Reduction(run_id, maps, dataset.catalog, dataset.images,
+                     infer_run_id=run.data.tags.get(TAG_INPUT + "embeddings"))
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_RUNS)
+def _searcher(infer_run_id: str, cache_dir: str):
+    from hyrax_mlops.errors import HyraxError
+    from hyrax_mlops.search import Searcher
+
+    cfg = Config.model_validate({"tracking": {"cache_dir": cache_dir}})
+    try:
+        return Searcher(infer_run_id, cfg)
+    except HyraxError:
+        return None

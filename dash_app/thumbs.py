@@ -1,0 +1,43 @@
+"""Thumbnails of objects as small PNG data URIs, in the display stretch the user picked."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from dash import html
+
+from hyrax_mlops.data.display import STRETCHES
+
+THUMB_PX = 96
+
+
+def png_uri(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    img = img.resize((THUMB_PX, THUMB_PX), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def tiles(reduction, rows: np.ndarray, stretch: str = "asinh",
+          captions: list[str] | None = None, id_prefix: str = "thumb") -> list:
+    """One tile per row: the cutout (through the dataset's modality) and a caption."""
+    if reduction.images is None or len(rows) == 0:
+        return []
+    cubes = reduction.images(np.asarray(rows))
+    show = STRETCHES.get(stretch, STRETCHES["asinh"])
+    out = []
+    for i, (row, cube) in enumerate(zip(rows, cubes, strict=True)):
+        oid = str(reduction.ids[row])
+        caption = captions[i] if captions else oid
+        out.append(html.Figure(
+            [html.Img(src=png_uri(show(cube)), alt=oid, title=oid,
+                      style={"width": f"{THUMB_PX}px", "height": f"{THUMB_PX}px"}),
+             html.Figcaption(caption, style={"fontSize": "11px"})],
+            className=f"{id_prefix}-tile", **{"data-object-id": oid},
+            style={"display": "inline-block", "margin": "4px", "textAlign": "center"}))
+    return out
