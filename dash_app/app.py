@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import Dash, dcc, html
+from dash import Dash, Input, Output, dcc, html
 
 from dash_app import compare_view, explorer_view, runs_view
 from dash_app.data import AppData
@@ -13,14 +13,21 @@ def create_app(cfg: Config | None = None, data: AppData | None = None) -> Dash:
     data = data or AppData(cfg)
     app = Dash(__name__, title="hyrax-mlops", suppress_callback_exceptions=True,
                update_title=None)
+    views = {"runs": ("Runs", runs_view), "explorer": ("Explorer", explorer_view),
+             "compare": ("Compare", compare_view)}
+    # Every view stays mounted (tabs only show and hide them), so plots keep their state
+    # and a figure never arrives at a graph that is being torn down.
     app.layout = html.Div([
         html.H2("hyrax-mlops"),
-        dcc.Tabs(id="tabs", value="runs", children=[
-            dcc.Tab(label="Runs", value="runs", children=runs_view.layout(data)),
-            dcc.Tab(label="Explorer", value="explorer", children=explorer_view.layout(data)),
-            dcc.Tab(label="Compare", value="compare", children=compare_view.layout(data)),
-        ]),
+        dcc.Tabs(id="tabs", value="runs",
+                 children=[dcc.Tab(label=label, value=key) for key, (label, _) in views.items()]),
+        *[html.Div(view.layout(data), id=f"view-{key}") for key, (_, view) in views.items()],
     ], className="page")
+
+    @app.callback([Output(f"view-{key}", "style") for key in views], Input("tabs", "value"))
+    def show(tab):
+        return [{"display": "block" if key == tab else "none"} for key in views]
+
     runs_view.register(app, data)
     explorer_view.register(app, data)
     compare_view.register(app, data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 from dash import Input, Output, dcc, html
+from dash.exceptions import PreventUpdate
 
 from dash_app import figures, selection
 from dash_app.data import AppData
@@ -34,9 +35,12 @@ def register(app, data: AppData) -> None:
         return opts, chosen
 
     @app.callback(Output("compare-graphs", "children"), Output("compare-info", "children"),
-                  Input("compare-runs", "value"), Input("compare-map", "value"),
-                  Input("explorer-selection", "data"), Input("explorer-reference", "data"))
-    def draw(runs, key, sel, reference):
+                  Input("tabs", "value"), Input("compare-runs", "value"),
+                  Input("compare-map", "value"), Input("explorer-selection", "data"),
+                  Input("explorer-reference", "data"))
+    def draw(tab, runs, key, sel, reference):
+        if tab != "compare":
+            raise PreventUpdate  # drawn when looked at, not on every selection elsewhere
         if not runs:
             return [], "Pick reduce runs to compare."
         sel_rows = selection.resolve(data, sel)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dash_ag_grid as dag
 import numpy as np
 import pandas as pd
-from dash import Input, Output, State, ctx, dcc, html, no_update
+from dash import Input, Output, Patch, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from dash_app import figures, selection, thumbs
@@ -80,7 +80,9 @@ def register(app, data: AppData) -> None:
     def runs(_, current):
         opts = data.reduce_runs()
         values = [o["value"] for o in opts]
-        return opts, current if current in values else (values[0] if values else None)
+        if current in values:
+            return opts, no_update  # unchanged: don't redraw everything downstream
+        return opts, values[0] if values else None
 
     @app.callback(Output("explorer-map", "options"), Output("explorer-map", "value"),
                   Output("explorer-color", "options"), Output("explorer-color", "value"),
@@ -95,17 +97,8 @@ def register(app, data: AppData) -> None:
         colour = colour if colour in cols else ("flux" if "flux" in cols else None)
         return keys, key, cols, colour
 
-    @app.callback(Output("explorer-graph", "figure"), Output("explorer-state", "data"),
-                  Output("explorer-info", "children"),
-                  Input("explorer-map", "value"), Input("explorer-color", "value"),
-                  Input("explorer-graph", "relayoutData"), Input("explorer-reference", "data"),
-                  State("explorer-run", "value"), State("explorer-state", "data"))
-    def draw(key, colour, relayout, reference, run, state):
-        if not run or not key:
-            raise PreventUpdate
+    def render(run, key, colour, reference, view=None):
         red = data.reduction(run)
-        if key not in red.maps:
-            raise PreventUpdate
         table = red.maps[key]
         ref_rows = np.asarray(reference["rows"]) if reference and reference["run"] == run \
             else None
@@ -114,20 +107,57 @@ def register(app, data: AppData) -> None:
         if "z" in table:
             fig, info = figures.map_3d(table, red.catalog, colour, reference=ref_rows,
                                        hover_columns=hover, title=title)
-            return fig, {"run": run, "key": key, **info}, info_text(info)
-        same = state and state.get("run") == run and state.get("key") == key
-        view = figures.View.from_relayout(
-            relayout if ctx.triggered_id == "explorer-graph" else None,
-            figures.View(**state["view"]) if same and state.get("view") else None)
-        if ctx.triggered_id == "explorer-graph":
-            if not relayout or not any(k.startswith(("xaxis", "yaxis")) for k in relayout):
-                raise PreventUpdate
-            n_view = int(view.mask(table["x"].to_numpy(), table["y"].to_numpy()).sum())
-            if same and state["mode"] == "points" and n_view <= figures.MAX_POINTS:
-                raise PreventUpdate  # the browser already holds every point of this window
+            return fig, {"run": run, "key": key, "n_traces": len(fig.data), **info}, \
+                info_text(info)
+        view = view or figures.View()
         fig, info = figures.map_2d(table, red.catalog, colour, view, reference=ref_rows,
                                    hover_columns=hover, title=title)
-        return fig, {"run": run, "key": key, "view": view.__dict__, **info}, info_text(info)
+        return fig, {"run": run, "key": key, "view": view.__dict__, "n_traces": len(fig.data),
+                     **info}, info_text(info)
+
+    @app.callback(Output("explorer-graph", "figure"), Output("explorer-state", "data"),
+                  Output("explorer-info", "children"),
+                  Input("explorer-map", "value"), Input("explorer-color", "value"),
+                  State("explorer-reference", "data"), State("explorer-run", "value"))
+    def draw(key, colour, reference, run):
+        if not run or not key or key not in data.reduction(run).maps:
+            raise PreventUpdate
+        return render(run, key, colour, reference)
+
+    # The reference overlay is patched into the last trace: the map and the user's
+    # selection on it stay as they are.
+    @app.callback(Output("explorer-graph", "figure", allow_duplicate=True),
+                  Input("explorer-reference", "data"), State("explorer-run", "value"),
+                  State("explorer-state", "data"), prevent_initial_call=True)
+    def overlay_reference(reference, run, state):
+        if not state or state.get("run") != run:
+            raise PreventUpdate
+        red = data.reduction(run)
+        rows = np.asarray(reference["rows"]) if reference and reference["run"] == run else None
+        patch = Patch()
+        patch["data"][state["n_traces"] - 1] = figures.overlay_trace(
+            red.maps[state["key"]], red.ids, rows, "reference",
+            dict(figures.REFERENCE)).to_plotly_json()
+        return patch
+
+    # Zooming is its own callback, so a relayout event never races with (and cancels) a draw.
+    @app.callback(Output("explorer-graph", "figure", allow_duplicate=True),
+                  Output("explorer-state", "data", allow_duplicate=True),
+                  Output("explorer-info", "children", allow_duplicate=True),
+                  Input("explorer-graph", "relayoutData"),
+                  State("explorer-run", "value"), State("explorer-map", "value"),
+                  State("explorer-color", "value"), State("explorer-reference", "data"),
+                  State("explorer-state", "data"), prevent_initial_call=True)
+    def zoom(relayout, run, key, colour, reference, state):
+        if not relayout or not any(k.startswith(("xaxis", "yaxis")) for k in relayout):
+            raise PreventUpdate
+        if not state or state.get("run") != run or state.get("key") != key or "view" not in state:
+            raise PreventUpdate
+        drawn = figures.View(**state["view"])
+        view = figures.View.from_relayout(relayout, drawn)
+        if state["mode"] == "points" and drawn.contains(view):
+            raise PreventUpdate  # the browser already holds every point of this window
+        return render(run, key, colour, reference, view)
 
     @app.callback(Output("explorer-selection", "data"),
                   Input("explorer-graph", "selectedData"), Input("explorer-map", "value"),

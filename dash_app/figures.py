@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,8 @@ MAX_3D = 20_000  # 3D draws a stratified sample of this size at most
 DENSITY_PX = (640, 480)
 HIGHLIGHT = dict(color="rgba(0,0,0,0)", size=11, line=dict(color="#ff2d55", width=2))
 REFERENCE = dict(symbol="star", color="#ffb000", size=12, line=dict(color="black", width=1))
+# datashader's numba kernels are not safe to run from two request threads at once
+_DATASHADER = threading.Lock()
 
 
 @dataclass
@@ -42,6 +45,18 @@ class View:
             yr = get("yaxis.range") or [get("yaxis.range[0]"), get("yaxis.range[1]")]
             view = View(view.x0, view.x1, yr[0], yr[1])
         return view
+
+    def contains(self, other: View) -> bool:
+        """Whether `other` lies inside this window (a full-extent window contains all)."""
+        def inside(a0, a1, b0, b1) -> bool:
+            if a0 is None:
+                return True
+            if b0 is None:
+                return False
+            return min(a0, a1) <= min(b0, b1) and max(b0, b1) <= max(a0, a1)
+
+        return inside(self.x0, self.x1, other.x0, other.x1) and \
+            inside(self.y0, self.y1, other.y0, other.y1)
 
     def mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         m = np.ones(len(x), dtype=bool)
@@ -75,9 +90,10 @@ def _hover(ids: np.ndarray, catalog: pd.DataFrame, rows: np.ndarray, columns: li
 
 def map_2d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, view: View,
            *, highlight: np.ndarray | None = None, reference: np.ndarray | None = None,
-           hover_columns: list[str] = (), title: str = "", max_points: int = MAX_POINTS
+           hover_columns: list[str] = (), title: str = "", max_points: int | None = None
            ) -> tuple[go.Figure, dict]:
     """The 2D map in `view`: points or a density image, plus highlighted/reference rows."""
+    max_points = MAX_POINTS if max_points is None else max_points
     x, y = table["x"].to_numpy(), table["y"].to_numpy()
     rows = table["row"].to_numpy()
     inside = view.mask(x, y)
@@ -109,7 +125,7 @@ def map_2d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, view: 
         _density(fig, x[inside], y[inside], view, x, y,
                  values[rows[inside]] if values is not None and not categorical else None)
     _overlay(fig, table, ids, highlight, "selection", dict(HIGHLIGHT))
-    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE))
+    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE), always=True)
     shown = f"{n_in:,} objects in view" + (" (density)" if mode == "density" else "")
     fig.update_layout(title=f"{title} — {shown}" if title else shown, dragmode="lasso",
                       margin=dict(l=40, r=10, t=40, b=30), uirevision="map", height=520,
@@ -130,14 +146,15 @@ def _density(fig: go.Figure, x: np.ndarray, y: np.ndarray, view: View, all_x: np
     w, h = DENSITY_PX
     canvas = ds.Canvas(plot_width=w, plot_height=h, x_range=(x0, x1), y_range=(y0, y1))
     frame = pd.DataFrame({"x": x, "y": y})
-    if values is not None:
-        frame["v"] = values
-        agg = canvas.points(frame, "x", "y", agg=ds.mean("v"))
-        img = tf.shade(agg, cmap=["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"],
-                       how="linear")
-    else:
-        agg = canvas.points(frame, "x", "y", agg=ds.count())
-        img = tf.shade(agg, cmap=["#c6dbef", "#08306b"], how="eq_hist")
+    with _DATASHADER:
+        if values is not None:
+            frame["v"] = values
+            agg = canvas.points(frame, "x", "y", agg=ds.mean("v"))
+            img = tf.shade(agg, cmap=["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"],
+                           how="linear")
+        else:
+            agg = canvas.points(frame, "x", "y", agg=ds.count())
+            img = tf.shade(agg, cmap=["#c6dbef", "#08306b"], how="eq_hist")
     buf = io.BytesIO()
     img.to_pil().save(buf, format="PNG")
     src = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
@@ -151,21 +168,27 @@ def _density(fig: go.Figure, x: np.ndarray, y: np.ndarray, view: View, all_x: np
     fig.update_yaxes(range=[y0, y1])
 
 
-def _overlay(fig: go.Figure, table: pd.DataFrame, ids: np.ndarray, which: np.ndarray | None,
-             name: str, marker: dict) -> None:
-    if which is None or len(which) == 0:
-        return
-    pos = np.flatnonzero(np.isin(table["row"].to_numpy(), which))[:5000]
-    if len(pos) == 0:
-        return
-    cols = [c for c in ("x", "y", "z") if c in table]
-    trace = go.Scatter3d if "z" in table else go.Scattergl
-    coords = {c: table[c].to_numpy()[pos] for c in cols}
-    if "z" in table:
+def overlay_trace(table: pd.DataFrame, ids: np.ndarray, which: np.ndarray | None, name: str,
+                  marker: dict):
+    """Markers over the map at catalog rows `which` (an empty trace when there are none)."""
+    rows = table["row"].to_numpy()
+    pos = np.flatnonzero(np.isin(rows, which))[:5000] if which is not None and len(which) \
+        else np.array([], dtype=np.int64)
+    three_d = "z" in table
+    coords = {c: table[c].to_numpy()[pos] for c in ("x", "y", "z") if c in table}
+    if three_d:  # 3D markers are bigger and have fewer symbols
         marker = {**marker, "size": marker["size"] / 2}
-    fig.add_trace(trace(**coords, mode="markers", name=name, marker=marker, hoverinfo="text",
-                        hovertext=ids[table["row"].to_numpy()[pos]],
-                        customdata=ids[table["row"].to_numpy()[pos]]))
+        if marker.get("symbol") not in (None, "circle", "diamond", "square", "cross", "x"):
+            marker["symbol"] = "diamond"
+    trace = go.Scatter3d if three_d else go.Scattergl
+    return trace(**coords, mode="markers", name=name, marker=marker, hoverinfo="text",
+                 hovertext=ids[rows[pos]], customdata=ids[rows[pos]], showlegend=len(pos) > 0)
+
+
+def _overlay(fig: go.Figure, table: pd.DataFrame, ids: np.ndarray, which: np.ndarray | None,
+             name: str, marker: dict, always: bool = False) -> None:
+    if always or (which is not None and len(which)):
+        fig.add_trace(overlay_trace(table, ids, which, name, marker))
 
 
 def stratified_sample(rows: np.ndarray, values: np.ndarray | None, size: int,
@@ -194,8 +217,9 @@ def stratified_sample(rows: np.ndarray, values: np.ndarray | None, size: int,
 
 def map_3d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, *,
            highlight: np.ndarray | None = None, reference: np.ndarray | None = None,
-           hover_columns: list[str] = (), title: str = "", max_points: int = MAX_3D
+           hover_columns: list[str] = (), title: str = "", max_points: int | None = None
            ) -> tuple[go.Figure, dict]:
+    max_points = MAX_3D if max_points is None else max_points
     values, categorical, label = colour_values(catalog[color] if color else None)
     rows = table["row"].to_numpy()
     pos = stratified_sample(rows, values[rows] if values is not None else None, max_points)
@@ -218,7 +242,7 @@ def map_3d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, *,
                                                showscale=values is not None,
                                                colorbar=dict(title=label))))
     _overlay(fig, table, ids, highlight, "selection", dict(HIGHLIGHT))
-    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE))
+    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE), always=True)
     n = len(table)
     shown = (f"3D: {len(pos):,} of {n:,} objects shown (stratified sample"
              f"{' by ' + color if color else ''})" if len(pos) < n else f"3D: {n:,} objects")

@@ -141,6 +141,26 @@ def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo
     assert found and not (found & set(csv["object_id"]))
     page.screenshot(path=str(SHOTS / "explorer-neighbours.png"), full_page=True)
 
+    # a reference catalog by object_id: matched objects drawn as their own trace
+    ref = SHOTS / "reference.csv"
+    pd.DataFrame({"object_id": ["XDF00001", "XDF00002", "XDF00003", "NOT_HERE"]}).to_csv(
+        ref, index=False)
+    page.set_input_files("#explorer-reference-upload input[type=file]", str(ref))
+    page.wait_for_function("() => document.querySelector('#explorer-reference-info')"
+                           ".innerText.includes('3 of 4 reference objects matched')")
+    page.wait_for_function("() => document.querySelector('#explorer-graph .js-plotly-plot')"
+                           "._fullData.some(t => t.name === 'reference' && t.x.length === 3)")
+
+    # the compare view highlights the same selection and reference objects
+    page.get_by_text("Compare", exact=True).click()
+    page.wait_for_selector("#compare-graphs .js-plotly-plot")
+    page.wait_for_function(f"() => document.querySelector('#compare-info').innerText"
+                           f".includes('{n_selected:,} selected objects')")
+    names = page.evaluate("() => [...document.querySelectorAll('#compare-graphs .js-plotly-plot')]"
+                          ".map(g => g._fullData.map(t => t.name))")
+    assert names and all("selection" in n and "reference" in n for n in names)
+    page.screenshot(path=str(SHOTS / "compare-highlight.png"), full_page=True)
+
 
 def test_clicking_a_point_shows_its_neighbours(page, app_url):
     open_explorer(page, app_url)
