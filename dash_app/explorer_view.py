@@ -12,6 +12,7 @@ from dash.exceptions import PreventUpdate
 from dash_app import figures, selection, thumbs
 from dash_app.data import AppData
 from dash_app.reference import match, parse_upload
+from dash_app.runs_view import NUMBER
 
 TABLE_ROWS = 1000  # the browser gets at most this many selected rows; export has them all
 N_THUMBS = 6
@@ -181,7 +182,8 @@ def register(app, data: AppData) -> None:
         rng = np.random.default_rng(resample or 0)
         pick = np.sort(rng.choice(rows, min(N_THUMBS, len(rows)), replace=False))
         table = selected_table(red, sel["map"], rows[:TABLE_ROWS])
-        cols = [{"field": c, "pinned": "left" if c == "object_id" else None}
+        cols = [{"field": c, "pinned": "left" if c == "object_id" else None,
+                 **({"valueFormatter": NUMBER} if pd.api.types.is_float_dtype(table[c]) else {})}
                 for c in table.columns]
         shown = f" (table shows the first {TABLE_ROWS:,}; export has all)" \
             if len(rows) > TABLE_ROWS else ""

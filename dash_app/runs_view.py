@@ -15,6 +15,8 @@ from hyrax_mlops.tracking import TAG_STAGE, consumers, lineage
 
 STAGES = ["pipeline", "download", "ingest", "train", "infer", "index", "reduce"]
 BASE_COLUMNS = ["run_id", "run_name", "stage", "status", "start_time"]
+# four significant digits in the grid; the value itself (for sorting, filtering) is untouched
+NUMBER = {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}
 
 
 def layout(data: AppData) -> html.Div:
@@ -69,7 +71,7 @@ def runs_table(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     cols += [{"field": c, "headerName": c[len("params."):], "headerTooltip": c}
              for c in params]
     cols += [{"field": c, "headerName": c[len("metrics."):], "headerTooltip": c,
-              "filter": "agNumberColumnFilter"} for c in metrics]
+              "filter": "agNumberColumnFilter", "valueFormatter": NUMBER} for c in metrics]
     return out.to_dict("records"), cols
 
 
