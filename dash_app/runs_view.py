@@ -125,18 +125,22 @@ def register(app, data: AppData) -> None:
             df = pd.DataFrame(rows)
             target = _numeric(df.get(f"metrics.{metric}", pd.Series(dtype=float)))
             dims = []
-            for col in sorted(c for c in df.columns if c.startswith("params.")):
+            cols = sorted(c for c in df.columns if c.startswith("params."))
+            for col in cols:
+                if col.startswith("params.model.") and \
+                        col.replace("params.model.", "params.model_resolved.") in cols:
+                    continue  # the resolved value covers runs that left it at its default
                 vals = _numeric(df[col])
                 if vals is not None and target is not None:
-                    dims.append(dict(label=col[len("params."):], values=vals.to_numpy()))
+                    dims.append(dict(label=col.rsplit(".", 1)[-1], values=vals.to_numpy()))
             if target is not None:
                 keep = target.notna().to_numpy()
                 dims = [dict(d, values=np.asarray(d["values"])[keep]) for d in dims[:12]]
                 dims.append(dict(label=metric, values=target.to_numpy()[keep]))
-                fig.add_trace(go.Parcoords(dimensions=dims, line=dict(
+                fig.add_trace(go.Parcoords(dimensions=dims, labelangle=-20, line=dict(
                     color=target.to_numpy()[keep], colorscale="Viridis", showscale=True)))
         fig.update_layout(title=f"params against {metric or 'a metric'}", height=380,
-                          margin=dict(l=60, r=40, t=60, b=30))
+                          margin=dict(l=60, r=40, t=90, b=30))
         return fig
 
     @app.callback(Output("runs-lineage", "children"), Input("runs-grid", "selectedRows"),
