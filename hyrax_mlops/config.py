@@ -88,7 +88,17 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class RayConfig(_Section):
+    address: str = ""
+    num_cpus: int = Field(0, ge=0)
+
+
 class TrainConfig(_Section):
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    max_failures: int = Field(0, ge=-1)
     epochs: int = Field(20, ge=1)
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
@@ -148,6 +158,7 @@ class ReduceConfig(_Section):
 
 class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
     pipeline: PipelineConfig = PipelineConfig()
     download: DownloadConfig = DownloadConfig()
     ingest: IngestConfig = IngestConfig()

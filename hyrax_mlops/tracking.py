@@ -284,6 +284,8 @@ def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
 
     Works the same for a local store and a remote one (S3, an MLflow server).
     """
+    import fcntl
+
     import mlflow
 
     root = Path(cfg.tracking.cache_dir).expanduser().resolve() / run_id
@@ -292,11 +294,16 @@ def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
     target = root / path
     if marker.exists() and target.exists():
         return target
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
     root.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(root))
-    marker.touch()
+    with open(root / f".lock-{key}", "w") as lock:  # workers on one machine share the cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and target.exists():
+            return target
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                            dst_path=str(root))
+        marker.touch()
     return target
 
 

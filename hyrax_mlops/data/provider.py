@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -37,10 +39,12 @@ class DataProvider:
     """
 
     def __init__(self, dataset_run_id: str, cfg: Config,
-                 normalizer: Normalizer | None = None) -> None:
+                 normalizer: Normalizer | None = None, local_dir: str | None = None) -> None:
         self.run_id = dataset_run_id
         self.cfg = cfg
-        self.data = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg))
+        if local_dir is None or not Path(local_dir).is_dir():  # e.g. a worker on another node
+            local_dir = fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)
+        self.data = Dataset(local_dir)
         self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
         self.normalizer = normalizer or self._fit(cfg.data.normalize)
 

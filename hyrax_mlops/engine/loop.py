@@ -65,8 +65,19 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     return None
 
 
+def _sum_across_workers(total: float, count: int) -> tuple[float, int]:
+    """Sums over all DDP workers (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return total, count
+    t = torch.tensor([total, float(count)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0]), int(t[1])
+
+
 def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
-    """Mean loss per sample over a loader (nan for an empty one)."""
+    """Mean loss per sample over a loader (all workers' shards; nan for an empty one)."""
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
@@ -75,27 +86,48 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
             size = len(next(iter(batch.values())))
             total += float(model.training_step(batch)) * size
             n += size
+    total, n = _sum_across_workers(total, n)
     return total / n if n else math.nan
 
 
 def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
-        checkpoint: Path, on_epoch: Callable[[EpochStats], None] | None = None) -> TrainResult:
+        checkpoint: Path, on_epoch: Callable[[EpochStats], None] | None = None, *,
+        step: Callable | None = None, resume: dict | None = None,
+        on_state: Callable[[dict], None] | None = None, progress: bool = True) -> TrainResult:
     """Train, keep the best weights (by val loss; train loss without a val split) in
-    `checkpoint` and leave them loaded in `model`."""
+    `checkpoint` and leave them loaded in `model`.
+
+    `step(batch) -> loss` replaces `model.training_step` (a DDP wrapper under Ray Train);
+    `on_state(state)` receives everything needed to continue after each epoch, and
+    `resume=state` continues from it.
+    """
     device = resolve_device(cfg.device)
     model.to(device)
+    step = step or model.training_step
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
     result = TrainResult(best_epoch=-1, best_val_loss=math.inf, stopped_early=False)
-    stale = 0
-    bar = tqdm(range(cfg.epochs), desc="train", unit="epoch")
+    stale, first = 0, 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None and resume.get("scheduler"):
+            sched.load_state_dict(resume["scheduler"])
+        result.best_val_loss, result.best_epoch = resume["best_val_loss"], resume["best_epoch"]
+        result.history = [EpochStats(**h) for h in resume["history"]]
+        stale, first = resume["stale"], resume["epoch"] + 1
+        torch.save(resume["best_model"], checkpoint)
+    sampler = getattr(train_loader, "sampler", None)
+    bar = tqdm(range(first, cfg.epochs), desc="train", unit="epoch", disable=not progress)
     for epoch in bar:
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         model.train()
         start, total, seen = time.perf_counter(), 0.0, 0
         for batch in train_loader:
             batch = to_device(batch, device)
             opt.zero_grad(set_to_none=True)
-            loss = model.training_step(batch)
+            loss = step(batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss.detach())} at epoch {epoch}. Fix: lower train.lr or "
@@ -109,6 +141,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
             total += float(loss.detach()) * size
             seen += size
         elapsed = time.perf_counter() - start
+        total, seen = _sum_across_workers(total, seen)
         train_loss = total / max(seen, 1)
         val_loss = evaluate(model, val_loader, device)
         score = train_loss if math.isnan(val_loss) else val_loss
@@ -124,6 +157,12 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
             stale += 1
         if on_epoch:
             on_epoch(stats)
+        if on_state:
+            on_state({"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict() if sched is not None else None,
+                      "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
+                      "stale": stale, "history": [vars(h) for h in result.history],
+                      "best_model": torch.load(checkpoint, weights_only=True)})
         bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
         if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
             result.stopped_early = True

@@ -24,11 +24,11 @@ def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
     check(cfg, dataset_run_id)
     spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id})
-    return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id), force=force,
+    return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id, run_id), force=force,
                      parent_run_id=parent_run_id)
 
 
-def _train(cfg: Config, dataset_run_id: str) -> dict[str, str]:
+def _train(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
     import mlflow
     import numpy as np
     import torch
@@ -58,7 +58,14 @@ def _train(cfg: Config, dataset_run_id: str) -> dict[str, str]:
 
     with tempfile.TemporaryDirectory(prefix="hyrax-train-") as tmp:
         ckpt = Path(tmp) / "best.pt"
-        result = fit(model, train_loader, val_loader, cfg.train, ckpt, on_epoch)
+        if cfg.train.backend == "ray":
+            from hyrax_mlops.engine.ray_train import fit_on_ray
+            from hyrax_mlops.tracking import tracking_uri
+
+            result = fit_on_ray(cfg, provider, run_id, tracking_uri(), Path(tmp) / "ray", model)
+            torch.save(model.state_dict(), ckpt)
+        else:
+            result = fit(model, train_loader, val_loader, cfg.train, ckpt, on_epoch)
         mlflow.log_artifact(str(ckpt), "checkpoints")
         device = resolve_device(cfg.train.device)
         test_loss = evaluate(model, provider.dataloader("test"), device)

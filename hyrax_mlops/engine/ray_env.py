@@ -1,0 +1,41 @@
+"""Starting or joining Ray without traffic beyond loopback.
+
+Ray otherwise probes cloud metadata addresses and binds external interfaces: these settings
+(verified in STACK-NOTES) keep a local Ray on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hyrax_mlops.config import Config
+
+QUIET_RAY = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+
+def quiet_ray_environment() -> None:
+    for key, value in QUIET_RAY.items():
+        os.environ.setdefault(key, value)
+    boot = Path.home() / "ray_bootstrap_config.yaml"
+    if not boot.exists():  # tells Ray it is not on a cloud VM, so it skips metadata probes
+        boot.write_text("provider: {type: local}\n")
+
+
+def init_ray(cfg: Config):
+    """Join `ray.address` / RAY_ADDRESS, or start a local Ray; idempotent."""
+    import ray
+
+    quiet_ray_environment()
+    if ray.is_initialized():
+        return ray
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+    if address == "local":
+        kwargs["num_cpus"] = cfg.ray.num_cpus or None
+    ray.init(address=address, **kwargs)
+    return ray
