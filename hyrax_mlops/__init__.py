@@ -20,6 +20,7 @@ from hyrax_mlops.api import (  # noqa: E402
     search_by_id,
     search_by_vector,
     train,
+    tune,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "search_by_id",
     "search_by_vector",
     "train",
+    "tune",
 ]

@@ -69,6 +69,16 @@ def train(config: ConfigLike = None, overrides: Overrides = None, *,
     return stage.run(cfg, dataset or _dataset(cfg), force=force)
 
 
+def tune(config: ConfigLike = None, overrides: Overrides = None, *,
+         dataset: str | None = None, force: bool = False):
+    """A Ray Tune + Optuna sweep over `tune.space`; each trial a nested run."""
+    from hyrax_mlops.stages import tune as stage
+
+    cfg = load_config(config, overrides)
+    stage.check(cfg)
+    return stage.run(cfg, dataset or _dataset(cfg), force=force)
+
+
 def _train_run(cfg: Config) -> str:
     from hyrax_mlops.stages import train as stage
 

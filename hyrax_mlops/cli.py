@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 from hyrax_mlops.errors import HyraxError
 
-STAGES = ("download", "ingest", "train", "infer", "index", "reduce", "pipeline")
+STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "pipeline")
 _INPUTS = {
     "train": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
+    "tune": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
     "infer": [("--train-run", "train run id (default: infer.model, else from the config)"),
               ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
     "index": [("--embeddings", "infer run id (default: make or reuse it from the config)")],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -112,6 +113,45 @@ class TrainConfig(_Section):
     register_as: str = ""
 
 
+class SearchParam(_Section):
+    """One dimension of a sweep: uniform/loguniform/int over [low, high], or a choice."""
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _non_empty(cls, v):
+        if v is not None and not v:
+            raise ValueError("a choice needs at least one value")
+        return v
+
+    def model_post_init(self, _context: Any) -> None:
+        if self.type == "choice" and self.values is None:
+            raise ValueError("type 'choice' needs values = [...]")
+        if self.type != "choice" and (self.low is None or self.high is None
+                                      or self.low >= self.high):
+            raise ValueError(f"type '{self.type}' needs low < high")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError("loguniform needs low > 0")
+
+
+class TuneConfig(_Section):
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    metric: str = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    seed: int = 0
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    register_as: str = ""
+    space: dict[str, SearchParam] = {}
+
+
 class InferConfig(_Section):
     model: str = ""
     batch_size: int = Field(256, ge=1)
@@ -165,6 +205,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    tune: TuneConfig = TuneConfig()
     infer: InferConfig = InferConfig()
     index: IndexConfig = IndexConfig()
     reduce: ReduceConfig = ReduceConfig()
@@ -326,14 +367,28 @@ def _schema_for(loc: list[str]) -> type[BaseModel] | None:
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """A minimal TOML writer for our config shape: tables of scalars and flat lists."""
+    """TOML for our config shape: one table per section, values inline (None is left out)."""
     out: list[str] = []
     for table, body in data.items():
         out.append(f"[{table}]")
-        for key, value in body.items():
-            out.append(f"{key} = {json.dumps(value)}")
+        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items() if v is not None]
         out.append("")
     return "\n".join(out)
+
+
+def _toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float, str)):
+        return json.dumps(v)  # JSON numbers and basic strings are valid TOML
+    if isinstance(v, Mapping):
+        items = [f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
 
 
 def require_path(cfg: Config, key: str, kind: Literal["file", "dir"]) -> Path:

@@ -67,3 +67,40 @@ def test_two_ray_workers_train_with_ddp(local_ray, demo_store):
 
     ids, vectors = read_embeddings(emb.run_id, cfg)
     assert vectors.shape == (300, 16)
+
+
+def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(local_ray, demo_store):
+    import pandas as pd
+
+    result, cfg = demo_store
+    sweep = {
+        "train.epochs": 3, "tune.num_samples": 4, "tune.max_concurrent": 2, "tune.seed": 3,
+        "tune.space": {
+            "train.lr": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
+            # seven halvings do not fit a 64-pixel stamp: those trials fail, the sweep goes on
+            "model.widths": {"type": "choice", "values": [[16, 16, 16], [8] * 7]},
+        },
+    }
+    run = hm.tune(cfg, sweep, dataset=result["dataset"].run_id)
+    parent = mlflow.get_run(run.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["hyrax.stage"] == "tune"
+    trials = mlflow.search_runs(experiment_names=["test"],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{run.run_id}'")
+    assert len(trials) == 4 and set(trials["tags.hyrax.stage"]) == {"trial"}
+    assert {"params.train.lr", "params.model.widths"} <= set(trials.columns)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=run.run_id, artifact_path="tune/results.csv"))
+    assert len(table) == 4 and parent.data.metrics["n_trials"] == 4
+    status = dict(zip(table["run_id"], table["status"], strict=True))
+    for _, t in trials.iterrows():  # MLflow status agrees with what happened to the trial
+        expected = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+        assert t["status"] == expected[status[t["run_id"]]]
+    assert (table["status"] == "failed").sum() >= 1 and (table["status"] == "completed").any()
+    assert "divisible" in " ".join(table["error"].dropna())
+    files = {f.path for f in MlflowClient().list_artifacts(run.run_id, "tune")}
+    assert {"tune/results.csv", "tune/parallel_coordinates.html",
+            "tune/best_config.toml"} <= files
+    from hyrax_mlops.engine.bundle import load_bundle
+
+    best = load_bundle(parent.data.tags["hyrax.model_uri"])
+    assert best.spec["params"]["widths"] == [16, 16, 16]
