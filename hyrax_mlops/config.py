@@ -153,6 +153,10 @@ class TuneConfig(_Section):
 
 
 class InferConfig(_Section):
+    backend: Literal["local", "ray"] = "local"
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
     model: str = ""
     batch_size: int = Field(256, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"

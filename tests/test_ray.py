@@ -104,3 +104,19 @@ def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(local_ray, demo_store
 
     best = load_bundle(parent.data.tags["hyrax.model_uri"])
     assert best.spec["params"]["widths"] == [16, 16, 16]
+
+
+def test_ray_data_inference_writes_the_same_embeddings(local_ray, demo_store):
+    import numpy as np
+
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    result, cfg = demo_store
+    on_ray = hm.infer(cfg, {"infer.backend": "ray", "infer.workers": 2,
+                            "infer.cpus_per_worker": 0.5, "infer.batch_size": 64},
+                      train_run=result["train"].run_id)
+    assert not on_ray.reused and on_ray.run_id != result["infer"].run_id
+    ids_local, local = read_embeddings(result["infer"].run_id, cfg)
+    ids_ray, ray_emb = read_embeddings(on_ray.run_id, cfg)
+    assert list(ids_ray) == list(ids_local)
+    np.testing.assert_allclose(ray_emb, local, rtol=1e-4, atol=1e-5)

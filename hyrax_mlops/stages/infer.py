@@ -62,8 +62,15 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
     if list(provider.input_shape) != list(loaded.spec["input_shape"]):
         raise DataError(f"dataset stamps are {list(provider.input_shape)} but the model was "
                         f"trained on {loaded.spec['input_shape']}.")
-    emb = embed_all(loaded.model, provider.dataloader(None, batch_size=cfg.infer.batch_size),
-                    cfg.infer.device)
+    if cfg.infer.backend == "ray":
+        from hyrax_mlops.engine.ray_infer import embed_on_ray
+        from hyrax_mlops.tracking import tracking_uri
+
+        emb = embed_on_ray(cfg, uri, provider, tracking_uri())
+    else:
+        emb = embed_all(loaded.model,
+                        provider.dataloader(None, batch_size=cfg.infer.batch_size),
+                        cfg.infer.device)
     ids = provider.catalog["object_id"].astype(str).to_numpy()
     table = pa.table({
         "object_id": pa.array(ids, pa.string()),

@@ -1,0 +1,58 @@
+"""Embedding with Ray Data: `map_batches` over row numbers on a pool of actors, each holding
+the model and the dataset; the result is in dataset order, like the in-process path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hyrax_mlops.config import Config
+
+
+class _Embedder:
+    """One actor: the model (weights only, no unpickling) and the dataset's pixels."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, dataset_run_id: str,
+                 dataset_dir: str, cfg: dict[str, Any]) -> None:
+        import mlflow
+
+        from hyrax_mlops.data.provider import DataProvider
+        from hyrax_mlops.engine.bundle import load_bundle
+        from hyrax_mlops.engine.loop import resolve_device
+
+        mlflow.set_tracking_uri(tracking_uri)
+        config = Config.model_validate(cfg)
+        loaded = load_bundle(model_uri)
+        self.device = resolve_device(config.infer.device)
+        self.model = loaded.model.to(self.device).eval()
+        self.provider = DataProvider(dataset_run_id, config, loaded.normalizer, dataset_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        rows = batch["id"].astype(np.int64)
+        x = self.provider.normalizer.apply(self.provider.data.images(rows))
+        with torch.no_grad():
+            z = self.model.embed({"image": torch.from_numpy(x).to(self.device)})
+        return {"row": rows, "embedding": z.reshape(len(z), -1).float().cpu().numpy()}
+
+
+def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str) -> np.ndarray:
+    """float32 (n, dim) embeddings in dataset order, computed by an actor pool."""
+    import ray.data
+
+    from hyrax_mlops.engine.ray_env import init_ray
+
+    init_ray(cfg)
+    inf = cfg.infer
+    ds = ray.data.range(len(provider.data)).map_batches(
+        _Embedder, batch_size=inf.batch_size, concurrency=inf.workers, num_cpus=inf.cpus_per_worker,
+        num_gpus=inf.gpus_per_worker or None, batch_format="numpy",
+        fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri,
+                               "dataset_run_id": provider.run_id,
+                               "dataset_dir": str(provider.data.root),
+                               "cfg": cfg.model_dump(mode="json")})
+    out = ds.to_pandas()
+    order = np.argsort(out["row"].to_numpy())
+    return np.stack(out["embedding"].to_numpy()[order]).astype(np.float32)
