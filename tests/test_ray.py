@@ -18,10 +18,13 @@ def local_ray(tmp_path_factory):
     ray = pytest.importorskip("ray")
     home = tmp_path_factory.mktemp("ray-home")
     (home / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
-    old = {k: os.environ.get(k) for k in ("HOME", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",
-                                          "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE")}
-    os.environ.update(HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-                      RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    settings = dict(HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                    RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
+                    # Ray Train collects reported checkpoints at each health check (2 s by
+                    # default); checking often lets a short test kill a worker after one
+                    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
+    old = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield ray
     ray.shutdown()
@@ -120,3 +123,46 @@ def test_ray_data_inference_writes_the_same_embeddings(local_ray, demo_store):
     ids_ray, ray_emb = read_embeddings(on_ray.run_id, cfg)
     assert list(ids_ray) == list(ids_local)
     np.testing.assert_allclose(ray_emb, local, rtol=1e-4, atol=1e-5)
+
+
+def test_a_killed_worker_resumes_from_its_last_checkpoint(local_ray, demo_store):
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    result, cfg = demo_store
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        client = MlflowClient()
+        while time.monotonic() < deadline and not killed:
+            runs = mlflow.search_runs(experiment_names=["test"], filter_string=(
+                "tags.`hyrax.stage` = 'train' AND attributes.status = 'RUNNING' "
+                "AND params.`train.max_failures` = '1'"))
+            # two epochs logged, and a health check since: a checkpoint has been collected
+            if len(runs) and len(client.get_metric_history(runs["run_id"].iloc[0],
+                                                            "val_loss")) >= 2:
+                time.sleep(0.5)
+                for proc in psutil.process_iter(["pid", "cmdline"]):
+                    if "RayTrainWorker" in " ".join(proc.info["cmdline"] or []):
+                        proc.send_signal(signal.SIGKILL)
+                        killed.append(proc.info["pid"])
+                        return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    run = hm.train(cfg, {"train.epochs": 8, "train.backend": "ray", "train.workers": 1,
+                         "train.max_failures": 1, "train.early_stopping_patience": 0},
+                   dataset=result["dataset"].run_id)
+    killer.join(timeout=5)
+    assert killed, "no Ray Train worker was found to kill"
+    got = mlflow.get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics["epochs_run"] == 8
+    steps = {m.step for m in MlflowClient().get_metric_history(run.run_id, "val_loss")}
+    assert steps == set(range(8))  # nothing lost, nothing beyond the planned epochs
+    # the restarted worker continued from a checkpoint instead of starting over
+    assert int(got.data.tags["hyrax.resumed_from_epoch"]) >= 0

@@ -56,6 +56,8 @@ def _worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
     client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    if client and resume:  # say in the run that it survived a failure, and from where
+        client.set_tag(config["run_id"], "hyrax.resumed_from_epoch", str(resume["epoch"]))
 
     def on_epoch(s: EpochStats) -> None:
         if client:
