@@ -86,3 +86,42 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60
             return
         time.sleep(0.2)
     raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+@contextlib.contextmanager
+def ray_head(env: dict):
+    """`ray start --head` on 127.0.0.1 with its own temp dir; yields the job-server URL.
+
+    `ray stop` would kill every Ray on the machine: this stops only the processes whose
+    command line names our temp dir, with SIGKILL (Ray's daemons ignore SIGTERM).
+    """
+    import os
+    import shutil
+    import signal
+    import tempfile
+
+    import psutil
+
+    temp = tempfile.mkdtemp(prefix="hrt-", dir="/tmp")  # short: Ray's socket paths are limited
+    port, dash = free_port(), free_port()
+    exe = Path(sys.executable).parent / "ray"
+    subprocess.run([str(exe), "start", "--head", "--node-ip-address=127.0.0.1",
+                    f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/api/version", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield url
+    finally:
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            if temp in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
