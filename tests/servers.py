@@ -120,8 +120,12 @@ def ray_head(env: dict):
                 time.sleep(0.5)
         yield url
     finally:
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if temp in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(signal.SIGKILL)
+        ours = [p for p in psutil.process_iter(["pid", "cmdline"])
+                if temp in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]
+        for proc in list(ours):  # agents rename themselves ("ray::DashboardAgent"): children
+            with contextlib.suppress(psutil.Error):
+                ours += proc.children(recursive=True)
+        for proc in ours:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
