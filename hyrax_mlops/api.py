@@ -62,9 +62,13 @@ def ingest(config: ConfigLike = None, overrides: Overrides = None, *, force: boo
 
 
 def train(config: ConfigLike = None, overrides: Overrides = None, *,
-          dataset: str | None = None, force: bool = False):
+          dataset: str | None = None, force: bool = False, resume: str | None = None):
+    """Train (or reuse) a model; `resume=RUN_ID` continues an interrupted train run in place,
+    with the config it was started with."""
     from hyrax_mlops.stages import train as stage
 
+    if resume:
+        return stage.resume(resume)
     cfg = load_config(config, overrides)
     return stage.run(cfg, dataset or _dataset(cfg), force=force)
 

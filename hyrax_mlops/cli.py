@@ -15,7 +15,8 @@ from hyrax_mlops.errors import HyraxError
 
 STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "pipeline")
 _INPUTS = {
-    "train": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
+    "train": [("--dataset", "dataset run id (default: make or reuse it from the config)"),
+              ("--resume", "continue this interrupted train run from its last checkpoint")],
     "tune": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
     "infer": [("--train-run", "train run id (default: infer.model, else from the config)"),
               ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
@@ -65,7 +66,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     import hyrax_mlops as hm
 
     kw = {"force": args.force}
-    for name in ("dataset", "train_run", "embeddings"):
+    for name in ("dataset", "train_run", "embeddings", "resume"):
         if getattr(args, name, None):
             kw[name] = getattr(args, name)
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)

@@ -178,6 +178,7 @@ def run_stage(
     force: bool = False,
     parent_run_id: str | None = None,
     still_valid: Callable[[object], bool] | None = None,
+    resume_run_id: str | None = None,
 ) -> StageRun:
     """Reuse a matching FINISHED run, or open a run, log the config and call `body(run_id)`.
 
@@ -190,7 +191,11 @@ def run_stage(
     experiment_id = setup(cfg)
     tags = spec.tags(cfg)
     client = MlflowClient()
-    launcher = _claim_launcher() if parent_run_id is None else None
+    if resume_run_id:  # continue an interrupted run in place: same id, same tags
+        force, launcher = True, None
+        client.update_run(resume_run_id, status="RUNNING")
+    else:
+        launcher = _claim_launcher() if parent_run_id is None else None
 
     if not force:
         found = find_reusable(experiment_id, tags, still_valid)
@@ -203,7 +208,9 @@ def run_stage(
     run_name = f"{spec.stage}-{tags[TAG_CONFIG_HASH][:6]}"
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    if launcher:
+    if resume_run_id:
+        run_id = resume_run_id
+    elif launcher:
         run_id = launcher
         for k, v in tags.items():
             client.set_tag(run_id, k, v)

@@ -90,7 +90,8 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60
 
 @contextlib.contextmanager
 def ray_head(env: dict):
-    """`ray start --head` on 127.0.0.1 with its own temp dir; yields the job-server URL.
+    """`ray start --head` on 127.0.0.1 with its own temp dir; yields its GCS `address` and
+    job-server `dashboard` URL.
 
     `ray stop` would kill every Ray on the machine: this stops only the processes whose
     command line names our temp dir, with SIGKILL (Ray's daemons ignore SIGTERM).
@@ -118,7 +119,7 @@ def ray_head(env: dict):
                     break
             except OSError:
                 time.sleep(0.5)
-        yield url
+        yield {"address": f"127.0.0.1:{port}", "dashboard": url}
     finally:
         ours = [p for p in psutil.process_iter(["pid", "cmdline"])
                 if temp in " ".join(p.info["cmdline"] or []) and p.pid != os.getpid()]

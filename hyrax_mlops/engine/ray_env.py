@@ -37,5 +37,10 @@ def init_ray(cfg: Config):
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
     if address == "local":
         kwargs["num_cpus"] = cfg.ray.num_cpus or None
+    elif address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):
+        # joining a head on loopback: say so, or the driver waits for a raylet on the
+        # machine's external address
+        kwargs["_node_ip_address"] = "127.0.0.1"
+        kwargs.pop("include_dashboard")
     ray.init(address=address, **kwargs)
     return ray

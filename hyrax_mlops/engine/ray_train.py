@@ -52,9 +52,11 @@ def _worker(config: dict[str, Any]) -> None:
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
+    if checkpoint:  # a restart after a failure: Ray Train's own latest checkpoint
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    elif config.get("resume_file"):  # `train --resume`: the state last logged to MLflow
+        resume = torch.load(config["resume_file"], weights_only=True)
     client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
     if client and resume:  # say in the run that it survived a failure, and from where
         client.set_tag(config["run_id"], "hyrax.resumed_from_epoch", str(resume["epoch"]))
@@ -71,6 +73,9 @@ def _worker(config: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, Path(d) / STATE_FILE)
+            (Path(d) / "last.pt").hardlink_to(Path(d) / STATE_FILE)
+            client.log_artifact(config["run_id"], str(Path(d) / "last.pt"), "checkpoints")
+            (Path(d) / "last.pt").unlink()
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     with tempfile.TemporaryDirectory() as d:
@@ -79,7 +84,7 @@ def _worker(config: dict[str, Any]) -> None:
 
 
 def fit_on_ray(cfg: Config, provider, run_id: str, tracking_uri: str,
-               storage: Path, model: nn.Module) -> TrainResult:
+               storage: Path, model: nn.Module, resume: dict | None = None) -> TrainResult:
     """Train `model`'s architecture on Ray; load the best weights into `model` and return
     the history. `provider` is the driver's DataProvider (its normaliser is shared)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -91,12 +96,18 @@ def fit_on_ray(cfg: Config, provider, run_id: str, tracking_uri: str,
     t = cfg.train
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+    resume_file = None
+    if resume is not None:
+        resume_file = storage / "resume.pt"
+        storage.mkdir(parents=True, exist_ok=True)
+        torch.save(resume, resume_file)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
             "cfg": cfg.model_dump(mode="json"), "dataset_run_id": provider.run_id,
             "dataset_dir": str(provider.data.root), "normalizer": provider.normalizer.to_dict(),
             "run_id": run_id, "tracking_uri": tracking_uri,
+            "resume_file": str(resume_file) if resume_file else None,
         },
         scaling_config=ScalingConfig(num_workers=t.workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

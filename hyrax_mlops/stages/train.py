@@ -9,6 +9,7 @@ from hyrax_mlops.config import Config
 from hyrax_mlops.tracking import StageRun, StageSpec, get_run, run_stage
 
 SECTIONS = ("data", "model", "train")
+LAST = "checkpoints/last.pt"  # everything needed to continue, after every epoch
 DATASET_STAGES = ("download", "ingest")
 _RECON_EXAMPLES = 8
 
@@ -28,7 +29,40 @@ def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
                      parent_run_id=parent_run_id)
 
 
-def _train(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
+def resume(run_id: str) -> StageRun:
+    """Continue an interrupted train run, in the same run, from `checkpoints/last.pt`."""
+    import mlflow
+    import torch
+
+    from hyrax_mlops.config import load_config
+    from hyrax_mlops.errors import LineageError
+    from hyrax_mlops.tracking import CONFIG_ARTIFACT, TAG_INPUT, TAG_STAGE, setup
+
+    setup(Config())
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception:
+        raise LineageError(f"run '{run_id}' does not exist in this tracking store.") from None
+    if run.data.tags.get(TAG_STAGE) != "train":
+        raise LineageError(f"run '{run_id}' is not a train run: only training resumes.")
+    if run.info.status == "FINISHED":
+        raise LineageError(f"run '{run_id}' is FINISHED: there is nothing to resume.")
+    cfg = load_config(mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                          artifact_path=CONFIG_ARTIFACT))
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST)
+    except Exception:
+        raise LineageError(f"run '{run_id}' has no {LAST} yet (it stopped before its first "
+                           "epoch ended): start it again instead.") from None
+    state = torch.load(path, weights_only=True)
+    dataset_run_id = run.data.tags[TAG_INPUT + "dataset"]
+    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id})
+    return run_stage(spec, cfg, lambda rid: _train(cfg, dataset_run_id, rid, state),
+                     resume_run_id=run_id)
+
+
+def _train(cfg: Config, dataset_run_id: str, run_id: str,
+           resume_state: dict | None = None) -> dict[str, str]:
     import mlflow
     import numpy as np
     import torch
@@ -58,14 +92,22 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
 
     with tempfile.TemporaryDirectory(prefix="hyrax-train-") as tmp:
         ckpt = Path(tmp) / "best.pt"
+        if resume_state is not None:
+            mlflow.set_tag("hyrax.resumed_from_epoch", str(resume_state["epoch"]))
         if cfg.train.backend == "ray":
             from hyrax_mlops.engine.ray_train import fit_on_ray
             from hyrax_mlops.tracking import tracking_uri
 
-            result = fit_on_ray(cfg, provider, run_id, tracking_uri(), Path(tmp) / "ray", model)
+            result = fit_on_ray(cfg, provider, run_id, tracking_uri(), Path(tmp) / "ray", model,
+                                resume_state)
             torch.save(model.state_dict(), ckpt)
         else:
-            result = fit(model, train_loader, val_loader, cfg.train, ckpt, on_epoch)
+            def on_state(state: dict) -> None:
+                torch.save(state, Path(tmp) / "last.pt")
+                mlflow.log_artifact(str(Path(tmp) / "last.pt"), "checkpoints")
+
+            result = fit(model, train_loader, val_loader, cfg.train, ckpt, on_epoch,
+                         resume=resume_state, on_state=on_state)
         mlflow.log_artifact(str(ckpt), "checkpoints")
         device = resolve_device(cfg.train.device)
         test_loss = evaluate(model, provider.dataloader("test"), device)
