@@ -30,6 +30,16 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
     raise TimeoutError(f"no answer from {url} in {timeout}s")
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Stop a server we started, by its own PID: politely, then for sure."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def chroma_server(path: Path):
     """`chroma run` on a loopback port; yields its URL."""
@@ -43,12 +53,7 @@ def chroma_server(path: Path):
         wait_http(f"{url}/api/v2/heartbeat", proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -62,19 +67,14 @@ def app_server(workdir: Path, tracking_uri: str, extra_env: dict | None = None,
     exe = Path(sys.executable).parent / "hyrax-mlops"
     proc = subprocess.Popen([str(exe), "app", "--host", host, "--port", str(port), *args],
                             cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.DEVNULL)  # its request log would fill a pipe
     url = f"http://{host}:{port}/"
     try:
         wait_http(url, proc, timeout=60) if not extra_env or "HYRAX_APP_TOKEN" not in extra_env \
             else _wait_port(host, port, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
