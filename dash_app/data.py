@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, setup
+from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, use_store
 
 MAX_CACHED_RUNS = 6
 
@@ -55,7 +55,7 @@ class AppData:
         self.cfg = cfg or Config()
         self._lock = threading.Lock()
         self._extra: dict[str, Reduction] = {}
-        setup(self.cfg)
+        use_store()
 
     # -- runs -----------------------------------------------------------------------------
     def experiments(self) -> list[tuple[str, str]]:
@@ -100,7 +100,12 @@ class AppData:
         """The vector index behind a reduction (newest index run of its embeddings)."""
         if not reduction.infer_run_id:
             return None
-        return _searcher(reduction.infer_run_id, self.cfg.tracking.cache_dir)
+        from hyrax_mlops.errors import HyraxError
+
+        try:  # not cached when it fails: an index made later is found on the next click
+            return _searcher(reduction.infer_run_id, self.cfg.tracking.cache_dir)
+        except HyraxError:
+            return None
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)
@@ -109,7 +114,7 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
 
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
 
-    cfg = Config.model_validate({"tracking": {"cache_dir": cache_dir}})
+    cfg = _cache_config(cache_dir)
     run = get_run(run_id, "reduce")
     dataset = Dataset(fetch_artifacts(run.data.tags[TAG_INPUT + "dataset"], ARTIFACT_DIR, cfg))
     folder = Path(fetch_artifacts(run_id, "reductions", cfg))
@@ -125,11 +130,10 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)
 def _searcher(infer_run_id: str, cache_dir: str):
-    from hyrax_mlops.errors import HyraxError
     from hyrax_mlops.search import Searcher
 
-    cfg = Config.model_validate({"tracking": {"cache_dir": cache_dir}})
-    try:
-        return Searcher(infer_run_id, cfg)
-    except HyraxError:
-        return None
+    return Searcher(infer_run_id, _cache_config(cache_dir))
+
+
+def _cache_config(cache_dir: str) -> Config:
+    return Config.model_validate({"tracking": {"cache_dir": cache_dir}})

@@ -249,8 +249,9 @@ def register(app, data: AppData) -> None:
                 return html.I(str(exc)), no_update
             title, query = f"Neighbours of {oid}", str(oid)
         rows = red.rows_of(found["object_id"])
+        known = set(red.ids[rows])
         captions = [f"{o} d={d:.3g}" for o, d in zip(found["object_id"], found["distance"],
-                                                    strict=True) if o in set(red.ids[rows])]
+                                                    strict=True) if o in known]
         return [html.Div(title), html.Div(thumbs.tiles(red, rows, stretch, captions,
                                                        id_prefix="neighbour"))], query
 

@@ -21,17 +21,18 @@ from hyrax_mlops.tracking import (
     fetch_artifacts,
     get_run,
     input_run,
-    setup,
+    use_store,
 )
 
 
-def _index_run(run_id: str):
+def _index_runs(run_id: str) -> list:
+    """Index runs that could serve `run_id`, best first."""
     run = get_run(run_id)
     stage = run.data.tags.get(TAG_STAGE)
     if stage == "index":
-        return run
+        return [run]
     if stage == "pipeline":
-        return get_run(run.data.tags[TAG_STAGE_RUN + "index"], "index")
+        return [get_run(run.data.tags[TAG_STAGE_RUN + "index"], "index")]
     if stage == "infer":
         from mlflow.tracking import MlflowClient
 
@@ -39,9 +40,9 @@ def _index_run(run_id: str):
             [run.info.experiment_id],
             f"tags.`{TAG_STAGE}` = 'index' AND tags.`{TAG_INPUT}embeddings` = '{run_id}' "
             "AND attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if found:
-            return found[0]
+            order_by=["attributes.start_time DESC"], max_results=20)
+        if found:  # newest first; an index whose store is gone gives way to an older one
+            return found
     raise LineageError(f"run '{run_id}' ({stage}) has no index: pass an index or pipeline run.")
 
 
@@ -54,18 +55,21 @@ class Searcher:
         from hyrax_mlops.vectors import VECTOR_BACKENDS
 
         self.cfg = cfg or Config()
-        setup(self.cfg)
-        run = _index_run(run_id)
+        use_store()
+        first_error = None
+        for run in _index_runs(run_id):
+            location = json.loads(run.data.tags[TAG_LOCATION])
+            backend = VECTOR_BACKENDS.get(location["backend"])
+            try:
+                self.index = backend.reopen(location, run.data.tags[TAG_COLLECTION])
+                break
+            except Exception as exc:
+                first_error = first_error or LineageError(
+                    f"the index of run {run.info.run_id} is gone from {location} ({exc}). "
+                    "Fix: re-run `hyrax-mlops index --force`.")
+        else:
+            raise first_error
         self.index_run_id = run.info.run_id
-        location = json.loads(run.data.tags[TAG_LOCATION])
-        backend = VECTOR_BACKENDS.get(location["backend"])
-        try:
-            self.index = backend.reopen(location, run.data.tags[TAG_COLLECTION])
-        except Exception as exc:
-            raise LineageError(
-                f"the index of run {self.index_run_id} is gone from {location} ({exc}). "
-                "Fix: re-run `hyrax-mlops index --force`."
-            ) from None
         dataset = input_run(run, "dataset")
         self.catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, self.cfg)).catalog
 

@@ -53,15 +53,21 @@ def tracking_uri() -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def setup(cfg: Config) -> str:
-    """Point MLflow at the store and return the experiment id the stage runs go into.
-
-    Under `mlflow run` the experiment is the one `mlflow run` chose for its run.
-    """
+def use_store() -> None:
+    """Point MLflow at the tracking store, for code that only reads runs."""
     _quiet_environment()
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
+
+
+def setup(cfg: Config) -> str:
+    """Point MLflow at the store and return the experiment id the stage runs go into
+    (creating the experiment if needed). Under `mlflow run` it is the one `mlflow run` chose.
+    """
+    import mlflow
+
+    use_store()
     launcher = _launcher_run_id()
     if launcher:
         return mlflow.get_run(launcher).info.experiment_id
@@ -336,8 +342,7 @@ def lineage(run_id: str) -> list[LineageNode]:
     """The runs behind `run_id` (its inputs, their inputs, ...), depth first."""
     import mlflow
 
-    _quiet_environment()
-    mlflow.set_tracking_uri(tracking_uri())
+    use_store()
     nodes: list[LineageNode] = []
     shown: set[str] = set()
 

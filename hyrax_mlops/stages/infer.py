@@ -26,9 +26,9 @@ def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | N
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
     import mlflow
 
-    from hyrax_mlops.tracking import setup
+    from hyrax_mlops.tracking import use_store
 
-    setup(cfg)
+    use_store()
     uri = model_uri(cfg, train_run_id)
     try:
         info = mlflow.models.get_model_info(uri)

@@ -36,9 +36,9 @@ def resume(run_id: str) -> StageRun:
 
     from hyrax_mlops.config import load_config
     from hyrax_mlops.errors import LineageError
-    from hyrax_mlops.tracking import CONFIG_ARTIFACT, TAG_INPUT, TAG_STAGE, setup
+    from hyrax_mlops.tracking import CONFIG_ARTIFACT, TAG_INPUT, TAG_STAGE, use_store
 
-    setup(Config())
+    use_store()
     try:
         run = mlflow.get_run(run_id)
     except Exception:
