@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check --quiet
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo app test lint clean
+.PHONY: setup browser demo app test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ app: setup
 
 test: setup browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every benchmark, each beside its plain reference; SIZE=large for the survey-scale rows.
+SIZE ?= small
+BENCHES := data train infer index reduce pipeline ray_train app_map
+bench: setup
+	@for b in $(BENCHES); do echo "[make] benchmark $$b ($(SIZE))"; \
+	  $(PY) benchmarks/bench_$$b.py --size $(SIZE) || exit 1; done
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -8,15 +8,12 @@ Records the time to first render of the 2D map and the time from a ~10,000-point
 selection to the table and thumbnails, as medians of `--repeat` page loads, and their ratios.
 Goals (issue 3): first render < 3 s, selection < 1 s on a 2-core machine.
 
-    .venv/bin/python benchmarks/bench_app_map.py [--n 1000000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_app_map.py [--size small|large] [--n N] [--repeat 3]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,6 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, user_store  # noqa: E402
+from common import report as bench_report  # noqa: E402
+
+SIZES = {"small": 100_000, "large": 1_000_000}
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
          "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -122,15 +125,16 @@ def measure(browser, url: str, box, shots: Path | None, label: str, timeout_ms: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap = arguments(__doc__, SIZES)
+    ap.set_defaults(size="large")
+    ap.add_argument("--n", type=int, help="points (default: the size's)")
     ap.add_argument("--select", type=int, default=10_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--plain-timeout", type=float, default=120.0,
                     help="seconds before the plain reference counts as failed")
-    ap.add_argument("--out", default="benchmarks/results/app_map.json")
     ap.add_argument("--shots", default="test-artifacts")
     args = ap.parse_args()
+    args.n = args.n or SIZES[args.size]
 
     import logging
 
@@ -144,8 +148,8 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     repo = Path(__file__).resolve().parents[1]
     shots = (repo / args.shots) if args.shots else None
-    out = repo / args.out
     work = Path(tempfile.mkdtemp(prefix="hyrax-bench-"))
+    os.environ.setdefault("HYRAX_BENCH_REPORT_STORE", user_store())
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.chdir(work)
     t = time.perf_counter()
@@ -195,23 +199,15 @@ def main() -> None:
     server.shutdown()
 
     h, r = results["hyrax"], results["plain"]
-    report = {
-        "benchmark": "explorer map, 1M points", "n_points": args.n, "machine": {
-            "cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "platform": platform.platform()},
-        "cold_server": {"first_render_s": cold[0], "selection_s": cold[1]},
-        "results": results,
-        "ratios_plain_over_hyrax": {
-            k: (r[k] / h[k] if r[k] and h[k] else None) for k in ("first_render_s",
-                                                                  "selection_s")},
-        "goals": {"first_render_s": 3.0, "selection_s": 1.0},
-        "met": {k: bool(h[k] is not None and h[k] < g) for k, g in
-                (("first_render_s", 3.0), ("selection_s", 1.0))},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
-
+    ratios = {f"plain_over_hyrax_{k}": r[k] / h[k] for k in ("first_render_s", "selection_s")
+              if r[k] and h[k]}
+    results["cold_server"] = {"first_render_s": cold[0], "selection_s": cold[1]}
+    goals = {"first_render_s": 3.0, "selection_s": 1.0}
+    bench_report("app_map", args.size if args.n == SIZES[args.size] else str(args.n),
+                 {"n_points": args.n, "select": args.select, "repeat": args.repeat,
+                  "plain_timeout_s": args.plain_timeout},
+                 results, ratios, goals={k: f"< {v} s" for k, v in goals.items()},
+                 met={k: bool(h[k] is not None and h[k] < g) for k, g in goals.items()})
 
 if __name__ == "__main__":
     main()

@@ -3,17 +3,19 @@ in-process loop and a plain PyTorch loop on the same work (real XDF stamps, same
 epochs), all in one run. Reports wall-clock seconds of the whole train stage and of the epochs
 alone, and ratios to the in-process loop.
 
-    .venv/bin/python benchmarks/bench_ray_train.py [--epochs 15] [--objects 1408]
+    .venv/bin/python benchmarks/bench_ray_train.py [--size small|large] [--epochs N]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import tempfile
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, report, scratch  # noqa: E402
+
+SIZES = {"small": 5, "large": 60}  # epochs over the 1,408 XDF galaxies
 
 
 def plain_pytorch(provider, cfg) -> float:
@@ -43,23 +45,35 @@ def plain_pytorch(provider, cfg) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=15)
+    ap = arguments(__doc__, SIZES)
+    ap.add_argument("--epochs", type=int, help="override the size's epochs")
     ap.add_argument("--objects", type=int, default=1408)
-    ap.add_argument("--out", default="benchmarks/results/ray_train.json")
     args = ap.parse_args()
-    repo = Path(__file__).resolve().parents[1]
-    work = Path(tempfile.mkdtemp(prefix="hyrax-bench-ray-"))
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    os.chdir(work)
+    epochs = args.epochs or SIZES[args.size]
+    with scratch("ray-train"):
+        results = run_all(args.objects, epochs)
+    ref = results["in_process"]
+    ratios = {
+        "plain_pytorch_wall": results["plain_pytorch"]["wall_s"] / ref["wall_s"],
+        "ray_1_worker_wall": results["ray_1_worker"]["wall_s"] / ref["wall_s"],
+        "ray_1_worker_epochs": results["ray_1_worker"]["epochs_s"] / ref["epochs_s"],
+        "ray_2_workers_speedup_wall": ref["wall_s"] / results["ray_2_workers"]["wall_s"],
+        "ray_2_workers_speedup_epochs": ref["epochs_s"] / results["ray_2_workers"]["epochs_s"],
+    }
+    report("ray_train", args.size if not args.epochs else f"{epochs}epochs",
+           {"objects": args.objects, "epochs": epochs}, results, ratios,
+           goals={"ray_1_worker_wall": "< 1.10 for a run of a few minutes"},
+           met={"ray_1_worker_wall": ratios["ray_1_worker_wall"] < 1.10})
 
+
+def run_all(objects: int, epochs: int) -> dict:
     import mlflow
     from mlflow.tracking import MlflowClient
 
     import hyrax_mlops as hm
     from hyrax_mlops.data.provider import DataProvider
 
-    base = {"download.limit": args.objects, "train.epochs": args.epochs,
+    base = {"download.limit": objects, "train.epochs": epochs,
             "train.early_stopping_patience": 0, "tracking.experiment": "bench"}
     dataset = hm.download(None, base).run_id
     cfg = hm.load_config(None, base)
@@ -84,22 +98,7 @@ def main() -> None:
                          "best_val_loss": mlflow.get_run(run.run_id).data.metrics[
                              "best_val_loss"]}
         print(name, results[name], flush=True)
-    ref = results["in_process"]
-    report = {
-        "benchmark": "Ray Train vs in-process loop", "objects": args.objects,
-        "epochs": args.epochs, "cpus": os.cpu_count(), "results": results,
-        "ratios_to_in_process": {
-            "plain_pytorch_wall": results["plain_pytorch"]["wall_s"] / ref["wall_s"],
-            "ray_1_worker_wall": results["ray_1_worker"]["wall_s"] / ref["wall_s"],
-            "ray_1_worker_epochs": results["ray_1_worker"]["epochs_s"] / ref["epochs_s"],
-            "ray_2_workers_speedup_wall": ref["wall_s"] / results["ray_2_workers"]["wall_s"],
-        },
-        "goal": "Ray Train 1-worker overhead under 10% (ratio < 1.10) for a run of minutes",
-    }
-    out = repo / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report, indent=2))
+    return results
 
 
 if __name__ == "__main__":

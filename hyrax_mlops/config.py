@@ -67,6 +67,7 @@ class DataConfig(_Section):
     split_seed: int = 0
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
+    cache_gb: float = Field(2.0, ge=0)
 
     @field_validator("split")
     @classmethod
@@ -165,11 +166,16 @@ class InferConfig(_Section):
 class IndexConfig(_Section):
     backend: str = "chroma"
     url: str = ""
-    path: str = ".hyrax/chroma"
+    path: str = ""
     metric: Literal["cosine", "l2", "ip"] = "cosine"
     ef_construction: int = Field(200, ge=1)
     ef_search: int = Field(200, ge=1)
     max_neighbors: int = Field(32, ge=2)
+    ivf_min_rows: int = Field(50_000, ge=1)
+    ivf_partitions: int = Field(0, ge=0)
+    pq_sub_vectors: int = Field(0, ge=0)
+    nprobes: int = Field(20, ge=1)
+    refine_factor: int = Field(10, ge=1)
     metadata_columns: list[str] = []
 
     @field_validator("url")
@@ -191,6 +197,8 @@ class ReduceConfig(_Section):
     umap_n_neighbors: int = Field(15, ge=2)
     umap_min_dist: float = Field(0.1, ge=0)
     umap_metric: str = "cosine"
+    umap_fit_sample: int = Field(100_000, ge=100)
+    umap_batch: int = Field(100_000, ge=1)
 
     @field_validator("dims")
     @classmethod

@@ -292,15 +292,34 @@ def find_in_lineage(run_id: str, stage: str) -> str:
     raise LineageError(f"no '{stage}' run upstream of run '{run_id}'.")
 
 
+def _local_artifact(run_id: str, path: str) -> Path | None:
+    """The artifact's own path when the run's artifact store is a local directory."""
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    uri = mlflow.get_run(run_id).info.artifact_uri
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file"):
+        return None
+    target = Path(unquote(parsed.path)) / path
+    return target if target.exists() else None
+
+
 def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
     """Local copy of a run's artifact (file or folder), through MLflow, cached by run id.
 
-    Works the same for a local store and a remote one (S3, an MLflow server).
+    Works the same for a local store and a remote one (S3, an MLflow server). Artifacts that
+    already sit on a local disk are read where they are: copying gigabytes of shards would
+    cost more than the work that reads them.
     """
     import fcntl
 
     import mlflow
 
+    local = _local_artifact(run_id, path)
+    if local is not None:
+        return local
     root = Path(cfg.tracking.cache_dir).expanduser().resolve() / run_id
     key = hashlib.sha1(path.encode()).hexdigest()[:10]
     marker = root / f".complete-{key}"

@@ -207,7 +207,8 @@ def test_reindexing_never_duplicates_and_a_lost_index_is_rebuilt(demo_store):
     assert Searcher(forced.run_id, cfg).index.count() == N_DEMO
     assert hm.index(cfg, embeddings=result["infer"].run_id).reused
 
-    shutil.rmtree(Path(cfg.index.path))  # the Chroma folder is gone: reuse would be a lie
+    location = json.loads(mlflow.get_run(forced.run_id).data.tags["hyrax.index.location"])
+    shutil.rmtree(location["path"])  # the Chroma folder is gone: reuse would be a lie
     rebuilt = hm.index(cfg, embeddings=result["infer"].run_id)
     assert not rebuilt.reused
     assert hm.search_by_id(rebuilt.run_id, "XDF00003", k=2)["object_id"].iloc[0] == "XDF00003"

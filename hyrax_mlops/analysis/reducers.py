@@ -20,12 +20,36 @@ def pca(x: np.ndarray, dims: int, cfg: ReduceConfig) -> np.ndarray:
     return PCA(n_components=dims, random_state=cfg.seed).fit_transform(x).astype(np.float32)
 
 
+def umap_fit_size(n: int, cfg: ReduceConfig) -> int:
+    """How many objects UMAP is fitted on (the rest are placed by `transform`)."""
+    return min(n, cfg.umap_fit_sample)
+
+
 @REDUCERS.register("umap")
 def umap(x: np.ndarray, dims: int, cfg: ReduceConfig) -> np.ndarray:
+    """UMAP fitted on a seeded sample of at most `umap_fit_sample` objects; the others are
+    embedded with `transform` in batches, so a million points fit in time and memory."""
+    from tqdm.auto import tqdm
+
+    from hyrax_mlops.analysis.numba_cache import enable_persistent_cache
+
+    enable_persistent_cache()
     import umap as umap_learn
 
+    n_fit = umap_fit_size(len(x), cfg)
     model = umap_learn.UMAP(
-        n_components=dims, n_neighbors=min(cfg.umap_n_neighbors, len(x) - 1),
+        n_components=dims, n_neighbors=min(cfg.umap_n_neighbors, n_fit - 1),
         min_dist=cfg.umap_min_dist, metric=cfg.umap_metric, random_state=cfg.seed, n_jobs=1,
     )
-    return model.fit_transform(x).astype(np.float32)
+    if n_fit == len(x):
+        return model.fit_transform(x).astype(np.float32)
+    rng = np.random.default_rng(cfg.seed)
+    fit_rows = np.sort(rng.choice(len(x), n_fit, replace=False))
+    out = np.empty((len(x), dims), np.float32)
+    out[fit_rows] = model.fit_transform(x[fit_rows])
+    rest = np.setdiff1d(np.arange(len(x)), fit_rows)
+    for s in tqdm(range(0, len(rest), cfg.umap_batch), desc=f"umap transform {dims}d",
+                  unit="batch"):
+        rows = rest[s:s + cfg.umap_batch]
+        out[rows] = model.transform(x[rows])
+    return out

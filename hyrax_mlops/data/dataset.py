@@ -137,8 +137,10 @@ class Dataset:
         """float32 (len(rows), bands, h, w), gathered across shards in the order asked."""
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *self.shape), dtype=np.float32)
-        for i, r in enumerate(rows):
-            out[i] = self._shards[r // self._shard_size][r % self._shard_size]
+        shard_of = rows // self._shard_size
+        for shard in np.unique(shard_of):  # one fancy-indexed read per shard touched
+            where = np.flatnonzero(shard_of == shard)
+            out[where] = self._shards[shard][rows[where] % self._shard_size]
         return out
 
     def verify(self) -> list[str]:

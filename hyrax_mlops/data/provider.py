@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
 from hyrax_mlops.config import Config
@@ -19,16 +19,31 @@ _FIT_SAMPLE = 2000  # objects used to fit normalisation statistics
 
 
 class _Images(TorchDataset):
-    def __init__(self, data: Dataset, rows: np.ndarray, norm: Normalizer) -> None:
-        self.data, self.rows, self.norm = data, rows, norm
+    """Stamps of some rows, normalised. Read a batch at a time (`__getitems__`): one gather
+    per shard and one vectorised normalisation, or a slice of the in-memory copy."""
+
+    def __init__(self, data: Dataset, rows: np.ndarray, norm: Normalizer,
+                 memory: torch.Tensor | None = None) -> None:
+        self.data, self.rows, self.norm, self.memory = data, rows, norm, memory
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        rows = torch.from_numpy(self.rows[np.asarray(indices, dtype=np.int64)])
+        if self.memory is not None:
+            return {"image": self.memory[rows], "row": rows}
+        x = self.norm.apply(self.data.images(rows.numpy()))
+        return {"image": torch.from_numpy(x), "row": rows}
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        row = int(self.rows[i])
-        x = self.norm.apply(self.data.images([row])[0])
-        return {"image": torch.from_numpy(x), "row": torch.tensor(row)}
+        batch = self.__getitems__([i])
+        return {k: v[0] for k, v in batch.items()}
+
+
+def _collate(batch):
+    """Batches arrive whole from `__getitems__`; anything else is collated as usual."""
+    return batch if isinstance(batch, dict) else default_collate(batch)
 
 
 class DataProvider:
@@ -47,6 +62,7 @@ class DataProvider:
         self.data = Dataset(local_dir)
         self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
         self.normalizer = normalizer or self._fit(cfg.data.normalize)
+        self._memory: torch.Tensor | None = None
 
     @property
     def catalog(self):
@@ -69,13 +85,32 @@ class DataProvider:
         rows = rows[:: max(1, len(rows) // _FIT_SAMPLE)]
         return fit_normalizer(method, self.data.images(rows))
 
-    def torch_dataset(self, split: str | None = None) -> TorchDataset:
-        return _Images(self.data, self.rows(split), self.normalizer)
+    def _in_memory(self) -> torch.Tensor | None:
+        """Every stamp normalised, held in memory when it fits under `data.cache_gb`: each
+        epoch after the first read costs a slice, as with tensors already in RAM."""
+        if self._memory is None:
+            size_gb = len(self.data) * int(np.prod(self.input_shape)) * 4 / 2**30
+            if not 0 < size_gb <= self.cfg.data.cache_gb:
+                return None
+            memory = np.empty((len(self.data), *self.input_shape), np.float32)
+            for i in range(0, len(self.data), 4096):
+                rows = np.arange(i, min(i + 4096, len(self.data)))
+                memory[rows] = self.normalizer.apply(self.data.images(rows))
+            self._memory = torch.from_numpy(memory)
+        return self._memory
+
+    def torch_dataset(self, split: str | None = None, *, cache: bool = True) -> TorchDataset:
+        """`cache=False` for a single pass (inference): reading once costs less than copying."""
+        return _Images(self.data, self.rows(split), self.normalizer,
+                       self._in_memory() if cache else self._memory)
 
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
-                   batch_size: int | None = None, seed: int = 0) -> DataLoader:
+                   batch_size: int | None = None, seed: int = 0,
+                   cache: bool = True) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(
-            self.torch_dataset(split), batch_size=batch_size or self.cfg.data.batch_size,
+            self.torch_dataset(split, cache=cache),
+            batch_size=batch_size or self.cfg.data.batch_size,
             shuffle=shuffle, generator=gen, num_workers=self.cfg.data.num_workers,
+            collate_fn=_collate,
         )

@@ -62,16 +62,9 @@ def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
 def exact_recall(vectors: np.ndarray, found: list[list[str]], ids: np.ndarray, queries: np.ndarray,
                  k: int, metric: str) -> float:
     """Recall@k of the index against brute-force numpy search for the same queries."""
-    x, q = vectors.astype(np.float64), vectors[queries].astype(np.float64)
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-        dist = -q @ x.T
-    elif metric == "ip":
-        dist = -q @ x.T
-    else:
-        dist = ((q[:, None, :] - x[None]) ** 2).sum(-1)
-    truth = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    from hyrax_mlops.vectors.exact import exact_knn
+
+    truth, _ = exact_knn(vectors, vectors[queries], k, metric)
     hits = [len(set(ids[t]) & set(f)) for t, f in zip(truth, found, strict=True)]
     return float(np.sum(hits) / (k * len(queries)))
 

@@ -69,7 +69,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
         emb = embed_on_ray(cfg, uri, provider, tracking_uri())
     else:
         emb = embed_all(loaded.model,
-                        provider.dataloader(None, batch_size=cfg.infer.batch_size),
+                        provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False),
                         cfg.infer.device)
     ids = provider.catalog["object_id"].astype(str).to_numpy()
     table = pa.table({

@@ -10,7 +10,7 @@ from hyrax_mlops.vectors.base import VectorIndex
 
 VECTOR_BACKENDS: Registry[type[VectorIndex]] = Registry("vector_backend")
 
-from hyrax_mlops.vectors import chroma  # noqa: E402,F401  (built-ins register themselves)
+from hyrax_mlops.vectors import chroma, lance  # noqa: E402,F401  (built-ins register themselves)
 
 
 def collection_name(infer_run_id: str) -> str:

@@ -55,7 +55,7 @@ class ChromaIndex(VectorIndex):
     @classmethod
     def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> ChromaIndex:
         location = ({"url": cfg.url} if cfg.url
-                    else {"path": str(Path(cfg.path).expanduser().resolve())})
+                    else {"path": str(Path(cfg.path or ".hyrax/chroma").expanduser().resolve())})
         client = _client(location)
         if create:
             hnsw = {"space": cfg.metric, "ef_construction": cfg.ef_construction,
@@ -88,8 +88,10 @@ class ChromaIndex(VectorIndex):
             )
 
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        # Chroma returns fewer than k when the collection is smaller (no count() per query:
+        # it costs more than the search itself)
         res = self._col.query(query_embeddings=np.asarray(vectors, np.float32),
-                              n_results=min(k, self.count()), include=["distances"])
+                              n_results=k, include=["distances"])
         return [list(zip(ids, map(float, d), strict=True))
                 for ids, d in zip(res["ids"], res["distances"], strict=True)]
 

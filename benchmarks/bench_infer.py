@@ -1,0 +1,85 @@
+"""Benchmark `infer` (in-process) against a plain `torch.no_grad()` loop over the same
+normalised stamps already in memory, with the same model and batch size, in the same process.
+
+The whole stage counts: loading the model from MLflow, reading the dataset, writing and logging
+`embeddings.parquet`. Goal: objects/s ratio >= 0.95.
+
+    .venv/bin/python benchmarks/bench_infer.py [--size small|large]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import arguments, register_tiled_xdf, report, scratch  # noqa: E402
+
+SIZES = {"small": 1408, "large": 50_000}
+
+
+def main() -> None:
+    ap = arguments(__doc__, SIZES)
+    ap.add_argument("--objects", type=int, help="override the size's object count")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    n = args.objects or SIZES[args.size]
+
+    with scratch("infer"):
+        import numpy as np
+        import torch
+
+        import hyrax_mlops as hm
+        from hyrax_mlops.data.provider import DataProvider
+        from hyrax_mlops.engine.bundle import load_bundle
+        from hyrax_mlops.stages.infer import read_embeddings
+
+        over = {"train.epochs": 1, "tracking.experiment": "bench"}
+        train = hm.train(None, over, dataset=hm.download(None, over).run_id)  # on the XDF
+        source = "xdf" if n <= 1408 else register_tiled_xdf(n)
+        dataset = hm.download(None, {**over, "download.source": source,
+                                     "download.limit": n if source == "xdf" else 0}).run_id
+        cfg = hm.load_config(None, over)
+        loaded = load_bundle(f"runs:/{train.run_id}/model")
+        provider = DataProvider(dataset, cfg, normalizer=loaded.normalizer)
+        images = torch.from_numpy(provider.normalizer.apply(
+            provider.data.images(provider.rows())))
+        model = loaded.model.eval()
+
+        def plain() -> tuple[float, np.ndarray]:
+            start, out = time.perf_counter(), []
+            with torch.no_grad():
+                for chunk in images.split(cfg.infer.batch_size):
+                    out.append(model.embed({"image": chunk}).numpy())
+            return time.perf_counter() - start, np.concatenate(out)
+
+        plain_runs, stage_runs = [], []
+        for _ in range(args.repeat):  # interleaved; the best of each, as this VM is noisy
+            plain_runs.append(plain())
+            start = time.perf_counter()
+            run = hm.infer(None, over, train_run=train.run_id, dataset=dataset, force=True)
+            stage_runs.append(time.perf_counter() - start)
+        _, stage_emb = read_embeddings(run.run_id, cfg)
+
+    plain_s, stage_s = min(r[0] for r in plain_runs), min(stage_runs)
+    same = bool(np.allclose(stage_emb, plain_runs[0][1], atol=1e-5))
+    results = {"hyrax": {"objects_per_s": n / stage_s, "stage_s": stage_s,
+                         "runs_s": stage_runs},
+               "plain_pytorch": {"objects_per_s": n / plain_s, "seconds": plain_s,
+                                 "runs_s": [r[0] for r in plain_runs]},
+               "same_embeddings": same}
+    ratios = {"stage_vs_plain": plain_s / stage_s,
+              "stage_vs_plain_medians": statistics.median(r[0] for r in plain_runs)
+              / statistics.median(stage_runs)}
+    report("infer", args.size if not args.objects else f"{n}",
+           {"objects": n, "batch_size": cfg.infer.batch_size, "model": cfg.model.name,
+            "embedding_dim": int(stage_emb.shape[1]), "repeat": args.repeat,
+            "torch_threads": torch.get_num_threads()},
+           results, ratios, goals={"stage_vs_plain": ">= 0.95"},
+           met={"stage_vs_plain": ratios["stage_vs_plain"] >= 0.95})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""LanceDB: a table on local disk or object storage (`index.url = "s3://bucket/prefix"`) with
+an IVF-PQ index, for collections larger than one machine's RAM.
+
+Below `index.ivf_min_rows` rows the table is searched exhaustively (exact, and fast at that
+size); above it an IVF-PQ index is trained, and queries re-rank `refine_factor * k` candidates
+with the full vectors so recall stays high. Requires the `lancedb` extra.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.vectors import VECTOR_BACKENDS
+from hyrax_mlops.vectors.base import VectorIndex
+
+_METRICS = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
+_RESERVED = ("id", "vector")
+
+
+def _connect(uri: str):
+    try:
+        import lancedb
+    except ImportError:
+        raise ConfigError("index.backend 'lancedb' needs the lancedb package: "
+                          "pip install 'hyrax-mlops[lancedb]'") from None
+    return lancedb.connect(uri)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@VECTOR_BACKENDS.register("lancedb")
+class LanceIndex(VectorIndex):
+    capabilities = {"max_k": None, "metadata": True, "metrics": tuple(_METRICS)}
+
+    def __init__(self, db, name: str, location: dict[str, Any], settings: dict[str, Any]) -> None:
+        self._db, self._name, self._location, self._settings = db, name, location, settings
+        self._table = db.open_table(name) if name in self._tables() else None
+
+    def _tables(self) -> list[str]:
+        listed = self._db.list_tables()
+        return list(getattr(listed, "tables", listed))
+
+    @classmethod
+    def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> LanceIndex:
+        uri = cfg.url or str(Path(cfg.path or ".hyrax/lancedb").expanduser().resolve())
+        settings = {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
+                    "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors,
+                    "nprobes": cfg.nprobes, "refine_factor": cfg.refine_factor}
+        index = cls(_connect(uri), name, {"uri": uri, **settings}, settings)
+        if not create and index._table is None:
+            raise KeyError(f"no LanceDB table '{name}' at {uri}")
+        return index
+
+    @classmethod
+    def reopen(cls, location: dict[str, Any], name: str) -> LanceIndex:
+        settings = {k: v for k, v in location.items() if k not in ("uri", "backend")}
+        index = cls(_connect(location["uri"]), name, location, settings)
+        if index._table is None:
+            raise KeyError(f"no LanceDB table '{name}' at {location['uri']}")
+        return index
+
+    @classmethod
+    def exists(cls, location: dict[str, Any], name: str) -> int | None:
+        uri = location.get("uri", "")
+        if "://" not in uri and not Path(uri).is_dir():
+            return None
+        return super().exists(location, name)
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray,
+               metadatas: Sequence[dict[str, Any]] | None = None) -> None:
+        import pyarrow as pa
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        columns = {"id": pa.array([str(i) for i in ids], pa.string()),
+                   "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()),
+                                                               vectors.shape[1])}
+        if metadatas:
+            keys = [k for k in dict.fromkeys(k for m in metadatas for k in m)
+                    if k not in _RESERVED]
+            for k in keys:
+                values = [m.get(k) for m in metadatas]
+                values = [None if isinstance(v, float) and math.isnan(v) else
+                          v.item() if isinstance(v, np.generic) else v for v in values]
+                try:
+                    columns[k] = pa.array(values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError):
+                    columns[k] = pa.array([None if v is None else str(v) for v in values])
+        data = pa.table(columns)
+        if self._table is None:
+            self._table = self._db.create_table(self._name, data=data)
+        else:
+            (self._table.merge_insert("id").when_matched_update_all()
+             .when_not_matched_insert_all().execute(data))
+        self._maybe_build_index()
+
+    def _maybe_build_index(self) -> None:
+        """Train IVF-PQ once the table is big enough, and again when a tenth is unindexed."""
+        s, rows = self._settings, self._table.count_rows()
+        if rows < s["ivf_min_rows"]:
+            return
+        indices = self._table.list_indices()
+        if indices:
+            stats = self._table.index_stats(indices[0].name)
+            if stats is not None and stats.num_unindexed_rows <= rows // 10:
+                return
+        dim = self._table.schema.field("vector").type.list_size
+        sub = s["pq_sub_vectors"] or next(dim // d for d in (8, 4, 2, 1) if dim % d == 0)
+        from lancedb.index import IvfPq
+
+        self._table.create_index("vector", replace=True, config=IvfPq(
+            distance_type=_METRICS[s["metric"]], num_sub_vectors=sub,
+            num_partitions=s["ivf_partitions"] or max(1, int(math.sqrt(rows)))))
+
+    def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        if self._table is None:
+            return [[] for _ in vectors]
+        s, out = self._settings, []
+        for v in np.asarray(vectors, np.float32):
+            q = (self._table.search(v, vector_column_name="vector")
+                 .distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"]))
+            if self._table.list_indices():
+                q = q.nprobes(s["nprobes"]).refine_factor(s["refine_factor"])
+            res = q.to_arrow()
+            out.append(list(zip(res.column("id").to_pylist(),
+                                map(float, res.column("_distance").to_pylist()), strict=True)))
+        return out
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        ids = [str(i) for i in ids]
+        found: dict[str, np.ndarray] = {}
+        if self._table is not None and ids:
+            for i in range(0, len(ids), 1000):
+                chunk = ids[i:i + 1000]
+                res = (self._table.search().where(f"id IN ({', '.join(map(_quote, chunk))})")
+                       .select(["id", "vector"]).limit(len(chunk)).to_arrow())
+                vecs = res.column("vector").combine_chunks()
+                flat = vecs.flatten().to_numpy(zero_copy_only=False)
+                for j, key in enumerate(res.column("id").to_pylist()):
+                    found[key] = flat[j * vecs.type.list_size:(j + 1) * vecs.type.list_size]
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise KeyError(f"ids not in the index: {', '.join(missing[:10])}")
+        return np.stack([found[i] for i in ids]).astype(np.float32)
+
+    def count(self) -> int:
+        return 0 if self._table is None else self._table.count_rows()
+
+    def location(self) -> dict[str, Any]:
+        return {"backend": "lancedb", **self._location}
