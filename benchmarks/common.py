@@ -58,7 +58,14 @@ def machine() -> dict[str, Any]:
 
 
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far. VmHWM, not ru_maxrss: a child started
+    with fork+exec inherits its parent's ru_maxrss, which would blame it for the parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 

@@ -10,7 +10,7 @@ import os
 import mlflow
 
 
-def test_ray_job_submit_runs_an_entry_point_on_a_ray_head(demo_store, tmp_path):
+def test_ray_job_submit_trains_on_two_workers_of_a_ray_head(demo_store, tmp_path):
     import json
     import subprocess
     import sys
@@ -28,7 +28,8 @@ def test_ray_job_submit_runs_an_entry_point_on_a_ray_head(demo_store, tmp_path):
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # an active venv
     env.pop("RAY_ADDRESS", None)
     repo = Path(__file__).resolve().parents[1]
-    overrides = ("train.backend=ray train.workers=1 train.epochs=1 model.latent_dim=4 "
+    overrides = ("train.backend=ray train.workers=2 train.cpus_per_worker=1 train.epochs=1 "
+                 "model.latent_dim=4 "
                  "model.widths=[8,8] download.limit=300 tracking.experiment=test "
                  f"tracking.cache_dir={tmp_path / 'cache'}")
     with ray_head(env) as head:
@@ -50,5 +51,6 @@ def test_ray_job_submit_runs_an_entry_point_on_a_ray_head(demo_store, tmp_path):
                               filter_string="tags.`hyrax.stage` = 'train'")
     newest = runs.iloc[0]
     assert newest["status"] == "FINISHED" and newest["params.train.backend"] == "ray"
+    assert newest["params.train.workers"] == "2"  # DDP across two workers of the head
     assert newest["params.model.widths"] == "[8, 8]"
     assert newest["tags.hyrax.input.dataset"] == result["dataset"].run_id  # cache shared

@@ -91,3 +91,26 @@ def test_exact_knn_matches_a_direct_computation():
         np.testing.assert_array_equal(idx, expect)
         np.testing.assert_allclose(dist, np.take_along_axis(full, expect, 1), rtol=1e-4,
                                    atol=1e-4)
+
+
+def test_lancedb_takes_a_large_upsert_in_chunks_with_gaps_in_the_metadata(tmp_path):
+    from hyrax_mlops.vectors import lance
+
+    cls = VECTOR_BACKENDS.get("lancedb")
+    cfg = IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), ivf_min_rows=10**9)
+    x = clustered(250, 8)
+    ids = [f"ID{i}" for i in range(len(x))]
+    # the second chunk's "z" is entirely missing: it arrives typed null and must be cast
+    meta = [{"flux": float(i), "z": 0.5 if i < 100 else np.nan} for i in range(len(x))]
+    old = lance._CHUNK
+    lance._CHUNK = 100
+    try:
+        index = cls.open(cfg, "chunks", create=True)
+        index.upsert(ids, x, meta)
+        index.upsert(ids[:150], x[:150], meta[:150])  # again, matched not duplicated
+    finally:
+        lance._CHUNK = old
+    assert index.count() == 250
+    table = index._table.to_arrow()
+    assert table.column("z").null_count == 150 and table.schema.field("z").type == "double"
+    np.testing.assert_allclose(index.get_vectors(["ID249"]), x[[249]])

@@ -20,13 +20,17 @@ class Normalizer:
     center: list[float]  # per band: median (asinh, log) or mean (zscore)
     scale: list[float]  # per band: robust sigma (asinh, log) or std (zscore)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Normalise (..., bands, h, w) float32 pixels band by band."""
+    def apply(self, x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+        """Normalise (..., bands, h, w) float32 pixels band by band; `inplace` overwrites a
+        float32 `x` (a buffer the caller owns) instead of allocating another."""
         if self.method == "none":
             return x.astype(np.float32, copy=False)
         c = np.asarray(self.center, np.float32)[:, None, None]
         s = np.asarray(self.scale, np.float32)[:, None, None]
-        z = np.subtract(x, c, dtype=np.float32)  # one new array, then in place
+        if inplace and x.dtype == np.float32 and x.flags.writeable:
+            z = np.subtract(x, c, out=x)
+        else:
+            z = np.subtract(x, c, dtype=np.float32)
         z /= s
         if self.method == "asinh":
             np.arcsinh(z, out=z)

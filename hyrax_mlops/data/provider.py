@@ -33,7 +33,7 @@ class _Images(TorchDataset):
         rows = torch.from_numpy(self.rows[np.asarray(indices, dtype=np.int64)])
         if self.memory is not None:
             return {"image": self.memory[rows], "row": rows}
-        x = self.norm.apply(self.data.images(rows.numpy()))
+        x = self.norm.apply(self.data.images(rows.numpy()), inplace=True)
         return {"image": torch.from_numpy(x), "row": rows}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -95,7 +95,7 @@ class DataProvider:
             memory = np.empty((len(self.data), *self.input_shape), np.float32)
             for i in range(0, len(self.data), 4096):
                 rows = np.arange(i, min(i + 4096, len(self.data)))
-                memory[rows] = self.normalizer.apply(self.data.images(rows))
+                memory[rows] = self.normalizer.apply(self.data.images(rows), inplace=True)
             self._memory = torch.from_numpy(memory)
         return self._memory
 

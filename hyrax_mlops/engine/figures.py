@@ -37,3 +37,44 @@ def reconstructions(inputs: np.ndarray, outputs: np.ndarray, ids: Sequence[str])
     fig.suptitle("inputs (top) and reconstructions (bottom), normalised space")
     fig.tight_layout()
     return fig
+
+
+def confusion_matrix(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], title: str):
+    """Counts of true (rows) against predicted (columns) classes, with row fractions."""
+    from sklearn.metrics import confusion_matrix as cm
+
+    m = cm(labels, probs.argmax(axis=1), labels=list(range(len(classes))))
+    frac = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    size = 1.2 + 0.6 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                    color="white" if frac[i, j] > 0.5 else "black", fontsize=8)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
+           ylabel="true", title=title)
+    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(classes, fontsize=8)
+    fig.colorbar(im, ax=ax, label="fraction of true class")
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], title: str):
+    """One-vs-rest ROC curve per class present (the positive class only, when binary)."""
+    from sklearn.metrics import auc, roc_curve
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    shown = [1] if len(classes) == 2 else range(len(classes))
+    for k in shown:
+        truth = labels == k
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, probs[:, k])
+        ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {auc(fpr, tpr):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -22,6 +22,7 @@ from hyrax_mlops.vectors.base import VectorIndex
 
 _METRICS = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
 _RESERVED = ("id", "vector")
+_CHUNK = 100_000
 
 
 def _connect(uri: str):
@@ -35,6 +36,21 @@ def _connect(uri: str):
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
+
+
+def _conform(data, schema):
+    """`data` in the table's schema: columns in its order, missing ones null, types cast
+    (a chunk whose metadata column is all missing arrives typed null)."""
+    import pyarrow as pa
+
+    columns = [data.column(f.name) if f.name in data.column_names
+               else pa.nulls(len(data), f.type) for f in schema]
+    extra = [c for c in data.column_names if c not in schema.names]
+    if extra:
+        raise ValueError(f"metadata columns {extra} are not in the index's table "
+                         f"(it has {schema.names}); re-create the index to add them")
+    return pa.Table.from_arrays([c.cast(f.type) for c, f in zip(columns, schema, strict=True)],
+                                schema=schema)
 
 
 @VECTOR_BACKENDS.register("lancedb")
@@ -77,6 +93,24 @@ class LanceIndex(VectorIndex):
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                metadatas: Sequence[dict[str, Any]] | None = None) -> None:
+        new_table = self._table is None  # then its ids need no matching against old rows
+        for s in range(0, len(ids), _CHUNK):  # Arrow copies stay one chunk in size
+            data = self._arrow(ids[s:s + _CHUNK], vectors[s:s + _CHUNK],
+                               metadatas[s:s + _CHUNK] if metadatas else None)
+            if self._table is None:
+                self._table = self._db.create_table(self._name, data=data)
+                continue
+            data = _conform(data, self._table.schema)
+            if new_table:
+                self._table.add(data)
+            else:
+                (self._table.merge_insert("id").when_matched_update_all()
+                 .when_not_matched_insert_all().execute(data))
+        self._maybe_build_index()
+
+    @staticmethod
+    def _arrow(ids: Sequence[str], vectors: np.ndarray,
+               metadatas: Sequence[dict[str, Any]] | None):
         import pyarrow as pa
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -94,13 +128,7 @@ class LanceIndex(VectorIndex):
                     columns[k] = pa.array(values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError):
                     columns[k] = pa.array([None if v is None else str(v) for v in values])
-        data = pa.table(columns)
-        if self._table is None:
-            self._table = self._db.create_table(self._name, data=data)
-        else:
-            (self._table.merge_insert("id").when_matched_update_all()
-             .when_not_matched_insert_all().execute(data))
-        self._maybe_build_index()
+        return pa.table(columns)
 
     def _maybe_build_index(self) -> None:
         """Train IVF-PQ once the table is big enough, and again when a tenth is unindexed."""
