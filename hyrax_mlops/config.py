@@ -68,6 +68,9 @@ class DataConfig(_Section):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     cache_gb: float = Field(2.0, ge=0)
+    label_column: str = ""
+    labels_file: str = ""
+    features: list[str] = []
 
     @field_validator("split")
     @classmethod

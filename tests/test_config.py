@@ -71,7 +71,7 @@ def test_model_arguments_are_checked_against_the_model_signature():
     (["pipeline", "--set", "reduce.methods=['umap','tsne']"], "no reducer named 'tsne'"),
     (["ingest", "--set", "ingest.cutouts_dir=/nowhere", "--set", "ingest.catalog=/none.csv"],
      "ingest.cutouts_dir"),
-    (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.cutouts_dir' is required"),
+    (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.catalog' is required"),
 ])
 def test_cli_fails_before_any_run_exists(store, capsys, argv, message):
     assert main(argv) == 2

@@ -21,3 +21,24 @@ class TinyEncoder(nn.Module):
 
     def embed(self, batch):
         return self.features(batch["image"])
+
+
+class Tiny(nn.Module):
+    """The README's "Bring your own model" example, verbatim in behaviour."""
+
+    modalities = ("image",)
+    needs_labels = False
+
+    def __init__(self, input_shape, hidden: int = 16):
+        super().__init__()
+        c, h, w = input_shape
+        self.enc = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden))
+        self.dec = nn.Linear(hidden, c * h * w)
+
+    def training_step(self, batch):
+        x = batch["image"]
+        recon = self.dec(self.enc(x)).view_as(x)
+        return {"loss": F.mse_loss(recon, x), "mean_latent": self.enc(x).mean()}
+
+    def embed(self, batch):
+        return self.enc(batch["image"])

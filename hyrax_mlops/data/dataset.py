@@ -3,6 +3,9 @@
     dataset/catalog.parquet        one row per object, in shard order (object_id first)
     dataset/shards/image-00000.npy float32 (n, bands, height, width), `shard_size` rows each
     dataset/manifest.json          counts, bands, shape, checksums, and every failure
+
+A catalog-only dataset (`modality: tabular`: shape [], no shards) serves models that read
+catalog features (`data.features`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class DatasetWriter:
     def __init__(self, out_dir: Path, shape: tuple[int, int, int], bands: list[str],
                  shard_size: int) -> None:
         self.out = Path(out_dir)
-        (self.out / "shards").mkdir(parents=True, exist_ok=True)
+        (self.out / "shards").mkdir(parents=True, exist_ok=True)  # empty when catalog-only
         self.shape = tuple(int(s) for s in shape)
         self.bands = list(bands)
         self.shard_size = shard_size
@@ -45,9 +48,13 @@ class DatasetWriter:
         self._buffer: list[np.ndarray] = []
         self._shards: list[dict[str, Any]] = []
 
-    def add(self, row: dict[str, Any], stamp: np.ndarray) -> None:
-        if stamp.shape != self.shape:
-            raise ValueError(f"stamp {stamp.shape} does not match dataset shape {self.shape}")
+    def add(self, row: dict[str, Any], stamp: np.ndarray | None = None) -> None:
+        if not self.shape:  # catalog-only
+            self.rows.append(row)
+            return
+        if stamp is None or stamp.shape != self.shape:
+            got = None if stamp is None else stamp.shape
+            raise ValueError(f"stamp {got} does not match dataset shape {self.shape}")
         self.rows.append(row)
         self._buffer.append(np.asarray(stamp, dtype=np.float32))
         if len(self._buffer) == self.shard_size:
@@ -75,7 +82,7 @@ class DatasetWriter:
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
         manifest = {
             "format": FORMAT,
-            "modality": "image",
+            "modality": "image" if self.shape else "tabular",
             "shape": list(self.shape),
             "dtype": "float32",
             "bands": self.bands,

@@ -15,10 +15,62 @@ _FIT_PIXELS = 1_000_000  # per band: robust statistics need no more, and medians
 
 
 @dataclass
+class FeatureScaler:
+    """Catalog features as model inputs: each column (or `log10:column`) standardised with
+    training-split statistics; a missing value becomes 0 with its mask 0."""
+
+    names: list[str]
+    mean: list[float]
+    std: list[float]
+
+    def transform(self, table) -> tuple[np.ndarray, np.ndarray]:
+        """(values, mask), both float32 (n, features)."""
+        raw = feature_matrix(table, self.names)
+        mask = np.isfinite(raw)
+        z = (raw - np.asarray(self.mean)) / np.asarray(self.std)
+        return np.where(mask, z, 0.0).astype(np.float32), mask.astype(np.float32)
+
+
+def feature_matrix(table, names: list[str]) -> np.ndarray:
+    """float64 (n, features) from catalog columns; `log10:col` takes the log (≤ 0 → missing)."""
+    import pandas as pd
+
+    cols = []
+    for name in names:
+        fn, _, col = name.rpartition(":")
+        if col not in table.columns:
+            from hyrax_mlops.errors import ConfigError
+
+            raise ConfigError(f"data.features names '{col}', which is not a catalog column "
+                              f"(columns: {', '.join(map(str, table.columns))})")
+        values = pd.to_numeric(table[col], errors="coerce").to_numpy(np.float64)
+        if fn == "log10":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = np.where(values > 0, np.log10(values), np.nan)
+        elif fn:
+            from hyrax_mlops.errors import ConfigError
+
+            raise ConfigError(f"data.features '{name}': the only transform is log10:COLUMN")
+        cols.append(values)
+    return np.stack(cols, axis=1) if cols else np.empty((len(table), 0))
+
+
+def fit_features(table, names: list[str]) -> FeatureScaler:
+    raw = feature_matrix(table, names)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(raw, axis=0) if len(raw) else np.zeros(len(names))
+        std = np.nanstd(raw, axis=0) if len(raw) else np.ones(len(names))
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+    return FeatureScaler(list(names), [float(v) for v in mean], [float(v) for v in std])
+
+
+@dataclass
 class Normalizer:
     method: str
     center: list[float]  # per band: median (asinh, log) or mean (zscore)
     scale: list[float]  # per band: robust sigma (asinh, log) or std (zscore)
+    features: FeatureScaler | None = None  # catalog features, when the model reads them
 
     def apply(self, x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
         """Normalise (..., bands, h, w) float32 pixels band by band; `inplace` overwrites a
@@ -43,7 +95,9 @@ class Normalizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> Normalizer:
-        return cls(method=d["method"], center=list(d["center"]), scale=list(d["scale"]))
+        features = FeatureScaler(**d["features"]) if d.get("features") else None
+        return cls(method=d["method"], center=list(d["center"]), scale=list(d["scale"]),
+                   features=features)
 
 
 def fit_normalizer(method: str, images: np.ndarray) -> Normalizer:

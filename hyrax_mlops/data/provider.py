@@ -13,6 +13,7 @@ from hyrax_mlops.config import Config
 from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
 from hyrax_mlops.data.normalize import Normalizer, fit_normalizer
 from hyrax_mlops.data.splits import assign_splits
+from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.tracking import fetch_artifacts
 
 _FIT_SAMPLE = 2000  # objects used to fit normalisation statistics
@@ -23,18 +24,28 @@ class _Images(TorchDataset):
     per shard and one vectorised normalisation, or a slice of the in-memory copy."""
 
     def __init__(self, data: Dataset, rows: np.ndarray, norm: Normalizer,
-                 memory: torch.Tensor | None = None) -> None:
+                 memory: torch.Tensor | None = None, labels: np.ndarray | None = None,
+                 tabular: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.data, self.rows, self.norm, self.memory = data, rows, norm, memory
+        self.labels = None if labels is None else torch.from_numpy(labels)
+        self.tabular = None if tabular is None else tuple(map(torch.from_numpy, tabular))
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = torch.from_numpy(self.rows[np.asarray(indices, dtype=np.int64)])
+        batch = {"row": rows}
         if self.memory is not None:
-            return {"image": self.memory[rows], "row": rows}
-        x = self.norm.apply(self.data.images(rows.numpy()), inplace=True)
-        return {"image": torch.from_numpy(x), "row": rows}
+            batch["image"] = self.memory[rows]
+        elif self.data.shape:  # a catalog-only dataset has no pixels
+            x = self.norm.apply(self.data.images(rows.numpy()), inplace=True)
+            batch["image"] = torch.from_numpy(x)
+        if self.tabular is not None:
+            batch["tabular"], batch["tabular_mask"] = (t[rows] for t in self.tabular)
+        if self.labels is not None:
+            batch["label"] = self.labels[rows]  # -1 for an unlabelled object
+        return batch
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         batch = self.__getitems__([i])
@@ -61,8 +72,61 @@ class DataProvider:
             local_dir = fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)
         self.data = Dataset(local_dir)
         self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
+        self.classes, self.labels = self._labels(cfg)
         self.normalizer = normalizer or self._fit(cfg.data.normalize)
+        if normalizer is None and cfg.data.features:
+            from hyrax_mlops.data.normalize import fit_features
+
+            train = self.rows("train")
+            self.normalizer.features = fit_features(
+                self.catalog.iloc[train if len(train) else self.rows()], cfg.data.features)
+        scaler = self.normalizer.features
+        self.tabular = scaler.transform(self.catalog) if scaler is not None else None
         self._memory: torch.Tensor | None = None
+
+    def _labels(self, cfg: Config) -> tuple[list[str], np.ndarray | None]:
+        """Classes (sorted) and each row's class index (-1 when unlabelled), from
+        `data.label_column` of the catalog or of `data.labels_file` joined by object_id."""
+        column = cfg.data.label_column
+        if not column:
+            return [], None
+        source = "the dataset's catalog"
+        table = self.data.catalog
+        if cfg.data.labels_file:
+            from hyrax_mlops.config import require_path
+            from hyrax_mlops.data.catalogs import read_catalog
+
+            path = require_path(cfg, "data.labels_file", "file")
+            table, source = read_catalog(path), str(path)
+        if column not in table.columns:
+            raise ConfigError(f"config key 'data.label_column' = '{column}' is not a column of "
+                              f"{source} (columns: {', '.join(map(str, table.columns))})")
+        by_id = table.set_index("object_id")[column]
+        values = by_id.reindex(self.data.ids)
+        known = values.notna().to_numpy()
+        text = values.astype(str).to_numpy()
+        classes = sorted(set(text[known]))
+        if len(classes) < 2:
+            raise ConfigError(f"data.label_column '{column}' has {len(classes)} class(es) among "
+                              f"this dataset's objects: a classifier needs two or more")
+        index = {c: i for i, c in enumerate(classes)}
+        labels = np.array([index[t] if k else -1 for t, k in zip(text, known, strict=True)],
+                          dtype=np.int64)
+        return classes, labels
+
+    def data_info(self) -> dict:
+        """What models may take from the data: classes and their counts in the train split."""
+        info: dict = {}
+        if self.tabular is not None:
+            info["features"] = list(self.normalizer.features.names)
+        if self.labels is not None:
+            counts = np.bincount(self.labels[self.rows("train")], minlength=len(self.classes))
+            info.update(classes=self.classes, class_counts=[int(c) for c in counts])
+        return info
+
+    @property
+    def n_unlabelled(self) -> int:
+        return 0 if self.labels is None else int((self.labels < 0).sum())
 
     @property
     def catalog(self):
@@ -76,9 +140,14 @@ class DataProvider:
         """Row numbers of one split (train, val, test) or of every object (None)."""
         if split is None:
             return np.arange(len(self.data))
-        return np.flatnonzero(self.splits == split)
+        chosen = self.splits == split
+        if self.labels is not None:  # training and evaluation use labelled objects only
+            chosen &= self.labels >= 0
+        return np.flatnonzero(chosen)
 
     def _fit(self, method: str) -> Normalizer:
+        if not self.data.shape:
+            return Normalizer("none", [], [])
         rows = self.rows("train")
         if len(rows) == 0:
             rows = self.rows()
@@ -88,7 +157,7 @@ class DataProvider:
     def _in_memory(self) -> torch.Tensor | None:
         """Every stamp normalised, held in memory when it fits under `data.cache_gb`: each
         epoch after the first read costs a slice, as with tensors already in RAM."""
-        if self._memory is None:
+        if self._memory is None and self.data.shape:
             size_gb = len(self.data) * int(np.prod(self.input_shape)) * 4 / 2**30
             if not 0 < size_gb <= self.cfg.data.cache_gb:
                 return None
@@ -102,7 +171,8 @@ class DataProvider:
     def torch_dataset(self, split: str | None = None, *, cache: bool = True) -> TorchDataset:
         """`cache=False` for a single pass (inference): reading once costs less than copying."""
         return _Images(self.data, self.rows(split), self.normalizer,
-                       self._in_memory() if cache else self._memory)
+                       self._in_memory() if cache else self._memory, self.labels,
+                       self.tabular)
 
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
                    batch_size: int | None = None, seed: int = 0,

@@ -1,4 +1,5 @@
-"""Embed every object of a dataset with a trained model, in batches, without gradients."""
+"""Embed (and classify) every object of a dataset with a trained model, in batches, without
+gradients."""
 
 from __future__ import annotations
 
@@ -10,13 +11,28 @@ from hyrax_mlops.data.prefetch import prefetch
 from hyrax_mlops.engine.loop import resolve_device, to_device
 
 
-def embed_all(model: torch.nn.Module, loader, device: str = "cpu") -> np.ndarray:
-    """float32 (n, dim) embeddings in the loader's order."""
+def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(embedding, class probabilities or None) of one batch: `embed` and `predict` where the
+    model has them; a predict-only model's probabilities are its embedding."""
+    embed, predict = getattr(model, "embed", None), getattr(model, "predict", None)
+    probs = predict(batch) if callable(predict) else None
+    z = embed(batch) if callable(embed) else probs
+    return z.reshape(len(z), -1), probs
+
+
+def embed_all(model: torch.nn.Module, loader, device: str = "cpu"
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 (n, dim) embeddings in the loader's order, and (n, classes) probabilities for a
+    model that predicts (else None)."""
     dev = resolve_device(device)
     model.to(dev).eval()
-    chunks = []
+    chunks, prob_chunks = [], []
     with torch.no_grad():
         for batch in tqdm(prefetch(loader), desc="infer", unit="batch", total=len(loader)):
-            z = model.embed(to_device(batch, dev))
-            chunks.append(z.reshape(len(z), -1).float().cpu().numpy())
-    return np.concatenate(chunks).astype(np.float32)
+            z, probs = model_outputs(model, to_device(batch, dev))
+            chunks.append(z.float().cpu().numpy())
+            if probs is not None:
+                prob_chunks.append(probs.float().cpu().numpy())
+    emb = np.concatenate(chunks).astype(np.float32)
+    return emb, (np.concatenate(prob_chunks).astype(np.float32) if prob_chunks else None)

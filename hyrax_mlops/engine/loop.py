@@ -27,6 +27,7 @@ class EpochStats:
     lr: float
     epoch_time_s: float
     samples_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)  # train_<name>, val_<metric>, ...
 
 
 @dataclass
@@ -77,18 +78,66 @@ def _sum_across_workers(total: float, count: int) -> tuple[float, int]:
     return float(t[0]), int(t[1])
 
 
-def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
-    """Mean loss per sample over a loader (all workers' shards; nan for an empty one)."""
+def split_output(out) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A step's result as (total loss, other named values): a tensor, or a dict with "loss"."""
+    if isinstance(out, dict):
+        if "loss" not in out:
+            raise ValueError(f"training_step returned {sorted(out)}: a dict must hold the "
+                             "total under 'loss'")
+        return out["loss"], {k: v for k, v in out.items() if k != "loss"}
+    return out, {}
+
+
+def _gather(array: np.ndarray) -> np.ndarray:
+    """Concatenate an array across DDP workers (itself in a single process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return array
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    parts: dict[str, float]
+    probs: np.ndarray | None = None  # (n, classes) when the model predicts and batches have labels
+    labels: np.ndarray | None = None
+
+
+def evaluate_all(model: torch.nn.Module, loader, device: torch.device) -> Evaluation:
+    """Mean loss and named values per sample over a loader (all workers' shards; nan for an
+    empty one), and the predicted probabilities of a classifier with their labels."""
     model.eval()
-    total, n = 0.0, 0
+    total, n, sums = 0.0, 0, {}
+    predict = getattr(model, "predict", None)
+    probs, labels = [], []
     with torch.no_grad():
         for batch in loader:
             batch = to_device(batch, device)
             size = len(next(iter(batch.values())))
-            total += float(model.training_step(batch)) * size
+            loss, parts = split_output(model.training_step(batch))
+            total += float(loss) * size
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * size
             n += size
-    total, n = _sum_across_workers(total, n)
-    return total / n if n else math.nan
+            if callable(predict) and "label" in batch:
+                probs.append(predict(batch).float().cpu().numpy())
+                labels.append(batch["label"].cpu().numpy())
+    total, count = _sum_across_workers(total, n)
+    parts = {k: _sum_across_workers(v, n)[0] / max(count, 1) for k, v in sums.items()}
+    result = Evaluation(total / count if count else math.nan, parts)
+    if callable(predict) and labels:
+        result.probs, result.labels = _gather(np.concatenate(probs)), _gather(
+            np.concatenate(labels))
+    return result
+
+
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
+    """Mean loss per sample over a loader (all workers' shards; nan for an empty one)."""
+    return evaluate_all(model, loader, device).loss
 
 
 def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
@@ -119,16 +168,17 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         stale, first = resume["stale"], resume["epoch"] + 1
         torch.save(resume["best_model"], checkpoint)
     sampler = getattr(train_loader, "sampler", None)
+    after_step = getattr(model, "after_step", None)
     bar = tqdm(range(first, cfg.epochs), desc="train", unit="epoch", disable=not progress)
     for epoch in bar:
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         model.train()
-        start, total, seen = time.perf_counter(), 0.0, 0
+        start, total, seen, sums = time.perf_counter(), 0.0, 0, {}
         for batch in train_loader:
             batch = to_device(batch, device)
             opt.zero_grad(set_to_none=True)
-            loss = step(batch)
+            loss, parts = split_output(step(batch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss.detach())} at epoch {epoch}. Fix: lower train.lr or "
@@ -138,16 +188,32 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            size = len(batch["image"]) if "image" in batch else 1
+            if after_step is not None:
+                after_step()
+            size = len(next(iter(batch.values())))
             total += float(loss.detach()) * size
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * size
             seen += size
         elapsed = time.perf_counter() - start
+        local_seen = seen
         total, seen = _sum_across_workers(total, seen)
         train_loss = total / max(seen, 1)
-        val_loss = evaluate(model, val_loader, device)
+        extra = {f"train_{k}": _sum_across_workers(v, local_seen)[0] / max(seen, 1)
+                 for k, v in sums.items()}
+        val = evaluate_all(model, val_loader, device)
+        val_loss = val.loss
+        extra.update({f"val_{k}": v for k, v in val.parts.items()})
+        if val.probs is not None and len(val.labels):
+            from hyrax_mlops.engine.metrics import classification_metrics
+
+            extra.update(classification_metrics(val.probs, val.labels,
+                                                getattr(model, "classes", None)
+                                                or [str(i) for i in range(val.probs.shape[1])],
+                                                prefix="val_"))
         score = train_loss if math.isnan(val_loss) else val_loss
         stats = EpochStats(epoch, train_loss, val_loss, opt.param_groups[0]["lr"], elapsed,
-                           seen / elapsed if elapsed > 0 else 0.0)
+                           seen / elapsed if elapsed > 0 else 0.0, extra)
         result.history.append(stats)
         if sched is not None:
             sched.step()

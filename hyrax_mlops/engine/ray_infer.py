@@ -33,13 +33,20 @@ class _Embedder:
 
         rows = batch["id"].astype(np.int64)
         x = self.provider.normalizer.apply(self.provider.data.images(rows))
+        from hyrax_mlops.engine.inference import model_outputs
+
         with torch.no_grad():
-            z = self.model.embed({"image": torch.from_numpy(x).to(self.device)})
-        return {"row": rows, "embedding": z.reshape(len(z), -1).float().cpu().numpy()}
+            z, probs = model_outputs(self.model, {"image": torch.from_numpy(x).to(self.device)})
+        out = {"row": rows, "embedding": z.float().cpu().numpy()}
+        if probs is not None:
+            out["probabilities"] = probs.float().cpu().numpy()
+        return out
 
 
-def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str) -> np.ndarray:
-    """float32 (n, dim) embeddings in dataset order, computed by an actor pool."""
+def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 (n, dim) embeddings in dataset order, computed by an actor pool, and the class
+    probabilities of a model that predicts."""
     import ray.data
 
     from hyrax_mlops.engine.ray_env import init_ray
@@ -55,4 +62,7 @@ def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str) -> np
                                "cfg": cfg.model_dump(mode="json")})
     out = ds.to_pandas()
     order = np.argsort(out["row"].to_numpy())
-    return np.stack(out["embedding"].to_numpy()[order]).astype(np.float32)
+    emb = np.stack(out["embedding"].to_numpy()[order]).astype(np.float32)
+    probs = (np.stack(out["probabilities"].to_numpy()[order]).astype(np.float32)
+             if "probabilities" in out.columns else None)
+    return emb, probs

@@ -24,7 +24,7 @@ class _Step(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, batch: dict[str, torch.Tensor]):
         return self.model.training_step(batch)
 
 
@@ -44,7 +44,7 @@ def _worker(config: dict[str, Any]) -> None:
     seed_everything(cfg.train.seed)
     provider = DataProvider(config["dataset_run_id"], cfg,
                             Normalizer.from_dict(config["normalizer"]), config["dataset_dir"])
-    model = build_model(cfg.model, provider.input_shape)
+    model = build_model(cfg.model, provider.input_shape, provider.data_info())
     step = ray.train.torch.prepare_model(_Step(model))
     train_loader = ray.train.torch.prepare_data_loader(
         provider.dataloader("train", shuffle=True, seed=cfg.train.seed))
@@ -65,9 +65,12 @@ def _worker(config: dict[str, Any]) -> None:
         if client:
             for key in ("train_loss", "val_loss", "lr", "epoch_time_s", "samples_per_s"):
                 client.log_metric(config["run_id"], key, getattr(s, key), step=s.epoch)
+            for key, value in s.extra.items():
+                client.log_metric(config["run_id"], key, value, step=s.epoch)
 
     def on_state(state: dict) -> None:
-        metrics = {k: v for k, v in state["history"][-1].items()}
+        last = state["history"][-1]
+        metrics = {**{k: v for k, v in last.items() if k != "extra"}, **last.get("extra", {})}
         if rank != 0:
             ray.train.report(metrics)
             return

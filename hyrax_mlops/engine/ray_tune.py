@@ -92,7 +92,7 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     seed_everything(cfg.train.seed)
     provider = DataProvider(ctx["dataset_run_id"], cfg, Normalizer.from_dict(ctx["normalizer"]),
                             ctx["dataset_dir"])
-    model = build_model(cfg.model, provider.input_shape)
+    model = build_model(cfg.model, provider.input_shape, provider.data_info())
     with tempfile.TemporaryDirectory() as tmp:
         best = Path(tmp) / "best.pt"
 

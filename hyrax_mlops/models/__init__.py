@@ -1,8 +1,17 @@
 """Models, looked up by registered name or by import path `pkg.module:Class`.
 
-A model is a `torch.nn.Module` built as `Model(input_shape, **params)` with two methods the
-engine calls: `training_step(batch) -> loss` and `embed(batch) -> (n, dim) tensor`. It may
-also have `reconstruct(batch)`, which the train stage uses for its reconstruction figure.
+The contract (README, "Bring your own model"): a `torch.nn.Module` built as
+`Model(input_shape, **params)` whose keyword arguments are its config keys under [model],
+checked against the signature like every other key. The engine calls
+  - `training_step(batch) -> loss`, or a dict of named values with the total under "loss"
+    (each name is logged as `train_<name>` / `val_<name>`); the same on validation batches
+    under `torch.no_grad()` and `model.eval()`;
+  - `embed(batch) -> (n, dim)` and/or `predict(batch) -> (n, classes)` probabilities;
+  - optionally `after_step()` after each optimiser step (e.g. BYOL's target update),
+    `reconstruct(batch)` for the reconstruction figure.
+`modalities` (default `("image",)`) names the batch keys it reads; `needs_labels = True` makes
+the train stage require `data.label_column`, and pass `classes` / `class_counts` to the
+constructor when it takes them.
 """
 
 from __future__ import annotations
@@ -17,9 +26,14 @@ from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.registry import Registry
 
 MODELS: Registry[type] = Registry("model")
-REQUIRED_METHODS = ("training_step", "embed")
+REQUIRED_METHODS = ("training_step",)
+OUTPUT_METHODS = ("embed", "predict")  # at least one
 
-from hyrax_mlops.models import autoencoder  # noqa: E402,F401  (built-ins register themselves)
+from hyrax_mlops.models import (  # noqa: E402,F401  (built-ins register themselves)
+    autoencoder,
+    classifier,
+    ssl,
+)
 
 
 def resolve_model_class(name: str) -> type:
@@ -42,16 +56,20 @@ def resolve_model_class(name: str) -> type:
         except KeyError as exc:
             raise ConfigError(f"config key 'model.name': {exc}") from None
     missing = [m for m in REQUIRED_METHODS if not callable(getattr(cls, m, None))]
+    if not any(callable(getattr(cls, m, None)) for m in OUTPUT_METHODS):
+        missing.append(" or ".join(OUTPUT_METHODS))
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or missing:
         raise ConfigError(
-            f"model '{name}' must be a torch.nn.Module with methods "
-            f"{', '.join(REQUIRED_METHODS)} (missing: {', '.join(missing) or 'nn.Module base'})."
+            f"model '{name}' must be a torch.nn.Module with methods training_step and "
+            f"embed or predict (missing: {', '.join(missing) or 'nn.Module base'})."
         )
     return cls
 
 
-def model_params(cfg: ModelConfig) -> dict[str, Any]:
-    """Constructor arguments from [model], checked against the model's signature."""
+def model_params(cfg: ModelConfig, data_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Constructor arguments from [model], checked against the model's signature; plus what
+    the data says (`data_info`, e.g. `classes`) for arguments the model takes and the config
+    leaves unset."""
     cls = resolve_model_class(cfg.name)
     sig = inspect.signature(cls.__init__)
     params = cfg.params()
@@ -70,11 +88,19 @@ def model_params(cfg: ModelConfig) -> dict[str, Any]:
                 )
     resolved = {n: sig.parameters[n].default for n in valid
                 if sig.parameters[n].default is not inspect.Parameter.empty}
+    for key, value in (data_info or {}).items():
+        if key not in params and key in valid:
+            resolved[key] = value
     resolved.update(params)
     return resolved
 
 
-def build_model(cfg: ModelConfig, input_shape: tuple[int, ...]):
+def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],
+                data_info: dict[str, Any] | None = None):
     """An instance of the configured model for inputs of `input_shape` (bands, h, w)."""
     cls = resolve_model_class(cfg.name)
-    return cls(tuple(input_shape), **model_params(cfg))
+    return cls(tuple(input_shape), **model_params(cfg, data_info))
+
+
+def needs_labels(cfg: ModelConfig) -> bool:
+    return bool(getattr(resolve_model_class(cfg.name), "needs_labels", False))

@@ -104,3 +104,12 @@ def ingest_directory(cfg: IngestConfig, cutouts_dir: Path, catalog_path: Path,
         "unreferenced_files": len(unreferenced), "unreferenced_examples": unreferenced[:100],
     }
     return writer.close(source, requested=len(rows))
+
+
+def ingest_catalog(catalog_path: Path, out_dir: Path) -> dict[str, Any]:
+    """A catalog-only dataset: every row, no cutouts."""
+    catalog = read_catalog(catalog_path)
+    writer = DatasetWriter(out_dir, (), [], 1)
+    for row in catalog.to_dict("records"):
+        writer.add(row)
+    return writer.close({"name": "ingest", "catalog": str(catalog_path)}, requested=len(catalog))

@@ -66,17 +66,29 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
         from hyrax_mlops.engine.ray_infer import embed_on_ray
         from hyrax_mlops.tracking import tracking_uri
 
-        emb = embed_on_ray(cfg, uri, provider, tracking_uri())
+        emb, probs = embed_on_ray(cfg, uri, provider, tracking_uri())
     else:
-        emb = embed_all(loaded.model,
+        emb, probs = embed_all(loaded.model,
                         provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False),
                         cfg.infer.device)
     ids = provider.catalog["object_id"].astype(str).to_numpy()
-    table = pa.table({
+    columns = {
         "object_id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()),
                                                        emb.shape[1]),
-    })
+    }
+    metadata = {}
+    if probs is not None:  # a classifier: probabilities per class and the most probable one
+        classes = [str(c) for c in loaded.spec["params"].get("classes")
+                   or range(probs.shape[1])]
+        columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(probs.ravel(), pa.float32()), probs.shape[1])
+        columns["predicted_class"] = pa.array([classes[i] for i in probs.argmax(axis=1)],
+                                              pa.string())
+        metadata = {"hyrax.classes": ",".join(classes)}
+        mlflow.log_metrics({f"n_predicted_{c}": int((probs.argmax(axis=1) == i).sum())
+                            for i, c in enumerate(classes)})
+    table = pa.table(columns).replace_schema_metadata(metadata or None)
     with tempfile.TemporaryDirectory(prefix="hyrax-infer-") as tmp:
         path = Path(tmp) / EMBEDDINGS
         pq.write_table(table, path)

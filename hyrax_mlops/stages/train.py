@@ -14,17 +14,29 @@ DATASET_STAGES = ("download", "ingest")
 _RECON_EXAMPLES = 8
 
 
-def check(cfg: Config, dataset_run_id: str) -> None:
-    from hyrax_mlops.models import model_params
+def check(cfg: Config, dataset_run_id: str) -> str | None:
+    """Fail before any run exists; return a fingerprint of the labels file, if one is used."""
+    from hyrax_mlops.config import require_path
+    from hyrax_mlops.errors import ConfigError
+    from hyrax_mlops.models import model_params, needs_labels
 
     model_params(cfg.model)
+    if needs_labels(cfg.model) and not cfg.data.label_column:
+        raise ConfigError(f"model '{cfg.model.name}' learns from labels: set data.label_column "
+                          "to the catalog column holding each object's class (and "
+                          "data.labels_file if the labels are in a separate table).")
     get_run(dataset_run_id, DATASET_STAGES)
+    if cfg.data.labels_file:
+        from hyrax_mlops.data.dataset import sha256_file
+
+        return sha256_file(require_path(cfg, "data.labels_file", "file"))
+    return None
 
 
 def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
-    check(cfg, dataset_run_id)
-    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id})
+    labels = check(cfg, dataset_run_id)
+    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id}, fingerprint=labels)
     return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id, run_id), force=force,
                      parent_run_id=parent_run_id)
 
@@ -70,15 +82,18 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
     from hyrax_mlops.data.provider import DataProvider
     from hyrax_mlops.engine import figures
     from hyrax_mlops.engine.bundle import write_bundle
-    from hyrax_mlops.engine.loop import evaluate, fit, resolve_device, seed_everything
+    from hyrax_mlops.engine.loop import evaluate_all, fit, resolve_device, seed_everything
     from hyrax_mlops.models import build_model, model_params
 
     seed_everything(cfg.train.seed)
     provider = DataProvider(dataset_run_id, cfg)
-    params = model_params(cfg.model)
-    model = build_model(cfg.model, provider.input_shape)
+    info = provider.data_info()
+    params = model_params(cfg.model, info)
+    model = build_model(cfg.model, provider.input_shape, info)
     sizes = {s: len(provider.rows(s)) for s in ("train", "val", "test")}
     mlflow.log_params({f"model_resolved.{k}": v for k, v in params.items()})
+    if provider.labels is not None:
+        mlflow.log_metric("n_unlabelled", provider.n_unlabelled)
     mlflow.log_params({"n_parameters": sum(p.numel() for p in model.parameters()),
                        "input_shape": list(provider.input_shape),
                        **{f"n_{s}": n for s, n in sizes.items()}})
@@ -87,8 +102,8 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
 
     def on_epoch(s) -> None:
         mlflow.log_metrics({"train_loss": s.train_loss, "val_loss": s.val_loss, "lr": s.lr,
-                            "epoch_time_s": s.epoch_time_s, "samples_per_s": s.samples_per_s},
-                           step=s.epoch)
+                            "epoch_time_s": s.epoch_time_s, "samples_per_s": s.samples_per_s,
+                            **s.extra}, step=s.epoch)
 
     with tempfile.TemporaryDirectory(prefix="hyrax-train-") as tmp:
         ckpt = Path(tmp) / "best.pt"
@@ -110,17 +125,19 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
                          resume=resume_state, on_state=on_state)
         mlflow.log_artifact(str(ckpt), "checkpoints")
         device = resolve_device(cfg.train.device)
-        test_loss = evaluate(model, provider.dataloader("test"), device)
+        test = evaluate_all(model, provider.dataloader("test"), device)
         mlflow.log_metrics({"best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
-                            "test_loss": test_loss, "epochs_run": len(result.history),
-                            "stopped_early": float(result.stopped_early)})
+                            "test_loss": test.loss, "epochs_run": len(result.history),
+                            "stopped_early": float(result.stopped_early),
+                            **{f"test_{k}": v for k, v in test.parts.items()}})
         _log_figure(figures.loss_curve(result.history), "plots/loss_curve.png")
+        _log_classification(model, provider, test, device)
 
-        shown = (provider.rows("val") if sizes["val"] else provider.rows())[:_RECON_EXAMPLES]
-        ds = provider.torch_dataset(None)
-        x = torch.stack([ds[int(r)]["image"] for r in shown])
         recon_fn = getattr(model, "reconstruct", None)
-        if callable(recon_fn):
+        if callable(recon_fn) and provider.input_shape:
+            shown = (provider.rows("val") if sizes["val"] else provider.rows())[:_RECON_EXAMPLES]
+            ds = provider.torch_dataset(None)
+            x = torch.stack([ds[int(r)]["image"] for r in shown])
             model.eval()
             with torch.no_grad():
                 y = recon_fn({"image": x.to(device)}).cpu()
@@ -139,6 +156,29 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
         )
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     return {"model_uri": info.model_uri}
+
+
+def _log_classification(model, provider, test, device) -> None:
+    """Test metrics, confusion matrix and ROC of a classifier (on val if test is empty)."""
+    import mlflow
+
+    from hyrax_mlops.engine import figures
+    from hyrax_mlops.engine.loop import evaluate_all
+    from hyrax_mlops.engine.metrics import classification_metrics
+
+    split = "test"
+    if test.probs is None or not len(test.labels):
+        split, test = "val", evaluate_all(model, provider.dataloader("val"), device)
+    if test.probs is None or not len(test.labels):
+        return
+    classes = provider.classes
+    mlflow.log_metrics(classification_metrics(test.probs, test.labels, classes,
+                                              prefix=f"{split}_"))
+    _log_figure(figures.confusion_matrix(test.labels, test.probs, classes,
+                                         f"Confusion matrix ({split} split)"),
+                "plots/confusion_matrix.png")
+    _log_figure(figures.roc_curves(test.labels, test.probs, classes, f"ROC ({split} split)"),
+                "plots/roc.png")
 
 
 def _log_figure(fig, path: str) -> None:

@@ -105,10 +105,11 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
         mlflow.log_metric(f"best_{cfg.tune.metric}", float(
             np.nanmin(table[cfg.tune.metric]) if cfg.tune.mode == "min"
             else np.nanmax(table[cfg.tune.metric])))
-        model = build_model(best_cfg.model, provider.input_shape)
+        model = build_model(best_cfg.model, provider.input_shape, provider.data_info())
         with best.checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / "best.pt", weights_only=True))
-        extra = write_bundle(model, best_cfg.model.name, model_params(best_cfg.model),
+        extra = write_bundle(model, best_cfg.model.name,
+                             model_params(best_cfg.model, provider.data_info()),
                              provider.input_shape, provider.normalizer, Path(tmp) / "bundle")
         mlflow.log_text(best_cfg.to_toml(), "tune/best_config.toml")
         info = mlflow.pytorch.log_model(

@@ -1,0 +1,137 @@
+"""The model library on real XDF stamps: augmentations that never mix bands, SimCLR and BYOL
+learning through the train stage, and a stamp classifier trained from a labels catalog with its
+metrics, figures and class probabilities in MLflow."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+import hyrax_mlops as hm
+from hyrax_mlops.data.augment import AUGMENTATIONS, Augment
+from hyrax_mlops.data.provider import DataProvider
+from hyrax_mlops.stages.infer import read_embeddings
+
+SMALL = {"train.epochs": 3, "train.early_stopping_patience": 0, "data.batch_size": 32}
+
+
+def history(run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, key),
+                                    key=lambda m: m.step)]
+
+
+@pytest.mark.parametrize("name", AUGMENTATIONS.names())
+def test_no_augmentation_mixes_bands(name, demo_store):
+    result, cfg = demo_store
+    x = DataProvider(result["dataset"].run_id, cfg).torch_dataset("val")
+    batch = torch.stack([x[i]["image"] for i in range(8)])
+    batch[:, 1] = 0.0  # an empty band must stay empty whatever is done to the others
+    out = Augment([name], strength=2.0)(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert torch.count_nonzero(out[:, 1]) == 0
+    assert torch.isfinite(out).all()
+    if name == "dihedral":  # a rotation or flip keeps each band's pixels, only moves them
+        for i in range(len(batch)):
+            torch.testing.assert_close(out[i, 0].flatten().sort().values,
+                                       batch[i, 0].flatten().sort().values)
+
+
+def test_unknown_augmentations_are_named_with_the_choices():
+    with pytest.raises(ValueError, match="colour_jitter.*choose from: .*dihedral"):
+        Augment(["colour_jitter"])
+
+
+@pytest.mark.parametrize(("model", "backbone"), [("simclr", "conv"), ("byol", "resnet18")])
+def test_self_supervised_models_learn_on_xdf_stamps(model, backbone, demo_store):
+    result, cfg = demo_store
+    run = hm.train(cfg, {**SMALL, "model": {"name": model, "backbone": backbone, "width": 8,
+                                            "hidden_dim": 64, "projection_dim": 32}},
+                   dataset=result["dataset"].run_id)
+    got = mlflow.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params["model.name"] == model
+    losses = history(run.run_id, "train_loss")
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    if model == "simclr":  # named parts of the step are logged beside the loss
+        assert len(history(run.run_id, "train_pair_accuracy")) == 3
+    emb = hm.infer(cfg, train_run=run.run_id)
+    ids, vectors = read_embeddings(emb.run_id, cfg)
+    assert vectors.shape == (300, 64) and np.isfinite(vectors).all()  # width 8 x 8: last stage
+
+
+def test_byol_target_follows_the_online_network():
+    from hyrax_mlops.models.ssl import BYOL
+
+    torch.manual_seed(0)
+    m = BYOL((3, 32, 32), width=4, hidden_dim=16, projection_dim=8, momentum=0.5)
+    before = [p.clone() for p in m.target_backbone.parameters()]
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
+    out = m.training_step({"image": torch.randn(6, 3, 32, 32)})
+    out["loss"].backward()
+    opt.step()
+    m.after_step()
+    for b, t, o in zip(before, m.target_backbone.parameters(), m.backbone.parameters(),
+                       strict=True):
+        torch.testing.assert_close(t, 0.5 * b + 0.5 * o)
+    assert not any(p.requires_grad for p in m.target_backbone.parameters())
+
+
+def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
+    result, cfg = demo_store
+    # real labels from the real measurements: extended (large half-light radius) or compact
+    catalog = DataProvider(result["dataset"].run_id, cfg).catalog
+    labels = pd.DataFrame({"object_id": catalog["object_id"],
+                           "morphology": np.where(catalog["r_half"] > catalog["r_half"]
+                                                  .quantile(0.7), "extended", "compact")})
+    labels.loc[labels.index[::25], "morphology"] = None  # unlabelled objects are left out
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    over = {**SMALL, "train.epochs": 4, "model": {"name": "stamp_classifier", "width": 8},
+            "data.label_column": "morphology", "data.labels_file": str(tmp_path / "labels.csv")}
+    run = hm.train(cfg, over, dataset=result["dataset"].run_id)
+    data = mlflow.get_run(run.run_id).data
+    assert data.params["model_resolved.classes"] == "['compact', 'extended']"
+    for key in ("val_accuracy", "val_balanced_accuracy", "val_roc_auc",
+                "val_recall_extended", "val_precision_compact", "train_accuracy"):
+        assert len(history(run.run_id, key)) == 4, key
+    assert history(run.run_id, "train_loss")[-1] < history(run.run_id, "train_loss")[0]
+    assert data.metrics["n_unlabelled"] == 12
+    assert 0.0 <= data.metrics["test_balanced_accuracy"] <= 1.0
+    files = {f.path for f in MlflowClient().list_artifacts(run.run_id, "plots")}
+    assert {"plots/confusion_matrix.png", "plots/roc.png"} <= files
+
+    emb = hm.infer(cfg, train_run=run.run_id)
+    import pyarrow.parquet as pq
+
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg)).to_pandas()
+    assert len(table) == 300  # every object, labelled or not, gets probabilities
+    probs = np.stack(table["probabilities"].to_numpy())
+    assert probs.shape == (300, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert set(table["predicted_class"]) <= {"compact", "extended"}
+    assert list(pq.read_schema(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg))
+                .metadata[b"hyrax.classes"].decode().split(",")) == ["compact", "extended"]
+
+
+def test_a_classifier_without_labels_says_how_to_give_them(demo_store):
+    from hyrax_mlops.errors import ConfigError
+
+    result, cfg = demo_store
+    with pytest.raises(ConfigError, match="data.label_column"):
+        hm.train(cfg, {**SMALL, "model": {"name": "stamp_classifier"}},
+                 dataset=result["dataset"].run_id)
+
+
+def test_the_readme_user_model_logs_its_named_values(demo_store):
+    result, cfg = demo_store
+    run = hm.train(cfg, {**SMALL, "model": {"name": "user_models:Tiny", "hidden": 32}},
+                   dataset=result["dataset"].run_id)
+    assert len(history(run.run_id, "train_mean_latent")) == 3
+    assert len(history(run.run_id, "val_mean_latent")) == 3
+    with pytest.raises(Exception, match="model.hiden.*Did you mean 'model.hidden'"):
+        hm.train(cfg, {**SMALL, "model": {"name": "user_models:Tiny", "hiden": 32}},
+                 dataset=result["dataset"].run_id)
