@@ -52,6 +52,8 @@ class IngestConfig(_Section):
     shape: list[int] = []
     nan_policy: Literal["reject", "zero"] = "reject"
     shard_size: int = Field(1024, ge=1)
+    lightcurve_column: str = "lightcurve_file"
+    spectrum_column: str = "spectrum_file"
 
     @field_validator("shape")
     @classmethod
@@ -71,6 +73,8 @@ class DataConfig(_Section):
     label_column: str = ""
     labels_file: str = ""
     features: list[str] = []
+    lightcurve_points: int = Field(128, ge=2)
+    spectrum_grid: list[float] = [3500.0, 10500.0, 512]
 
     @field_validator("split")
     @classmethod

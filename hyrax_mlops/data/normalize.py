@@ -71,6 +71,7 @@ class Normalizer:
     center: list[float]  # per band: median (asinh, log) or mean (zscore)
     scale: list[float]  # per band: robust sigma (asinh, log) or std (zscore)
     features: FeatureScaler | None = None  # catalog features, when the model reads them
+    series: dict | None = None  # light-curve bands/points and the spectrum grid, when present
 
     def apply(self, x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
         """Normalise (..., bands, h, w) float32 pixels band by band; `inplace` overwrites a
@@ -97,7 +98,7 @@ class Normalizer:
     def from_dict(cls, d: dict) -> Normalizer:
         features = FeatureScaler(**d["features"]) if d.get("features") else None
         return cls(method=d["method"], center=list(d["center"]), scale=list(d["scale"]),
-                   features=features)
+                   features=features, series=d.get("series"))
 
 
 def fit_normalizer(method: str, images: np.ndarray) -> Normalizer:

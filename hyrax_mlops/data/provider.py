@@ -25,10 +25,12 @@ class _Images(TorchDataset):
 
     def __init__(self, data: Dataset, rows: np.ndarray, norm: Normalizer,
                  memory: torch.Tensor | None = None, labels: np.ndarray | None = None,
-                 tabular: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 tabular: tuple[np.ndarray, np.ndarray] | None = None,
+                 series: dict[str, np.ndarray] | None = None) -> None:
         self.data, self.rows, self.norm, self.memory = data, rows, norm, memory
         self.labels = None if labels is None else torch.from_numpy(labels)
         self.tabular = None if tabular is None else tuple(map(torch.from_numpy, tabular))
+        self.series = {k: torch.from_numpy(v) for k, v in (series or {}).items()}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,6 +45,8 @@ class _Images(TorchDataset):
             batch["image"] = torch.from_numpy(x)
         if self.tabular is not None:
             batch["tabular"], batch["tabular_mask"] = (t[rows] for t in self.tabular)
+        for key, values in self.series.items():  # lightcurve(_mask), spectrum(_mask)
+            batch[key] = values[rows]
         if self.labels is not None:
             batch["label"] = self.labels[rows]  # -1 for an unlabelled object
         return batch
@@ -82,7 +86,38 @@ class DataProvider:
                 self.catalog.iloc[train if len(train) else self.rows()], cfg.data.features)
         scaler = self.normalizer.features
         self.tabular = scaler.transform(self.catalog) if scaler is not None else None
+        self.series = self._series(cfg, normalizer is None)
         self._memory: torch.Tensor | None = None
+
+    def _series(self, cfg: Config, fit: bool) -> dict[str, np.ndarray]:
+        """Light-curve and spectrum tensors with masks for every row, when the dataset has
+        them; their layout (bands, points, grid) is fitted here or taken from the model's."""
+        import pandas as pd
+
+        from hyrax_mlops.data import series as S
+
+        lc_path, sp_path = self.data.root / S.LIGHTCURVES, self.data.root / S.SPECTRA
+        if not (lc_path.is_file() or sp_path.is_file()):
+            return {}
+        layout = self.normalizer.series
+        if fit or layout is None:
+            layout = {"spectrum_grid": list(cfg.data.spectrum_grid),
+                      "lightcurve_points": cfg.data.lightcurve_points, "lightcurve_bands": []}
+            if lc_path.is_file():
+                bands = pd.read_parquet(lc_path, columns=["band"])["band"]
+                layout["lightcurve_bands"] = sorted(bands.astype(str).unique())
+            self.normalizer.series = layout
+        ids, out = self.data.ids, {}
+        if lc_path.is_file():
+            out["lightcurve"], out["lightcurve_mask"] = S.lightcurve_tensors(
+                pd.read_parquet(lc_path), ids, layout["lightcurve_bands"],
+                int(layout["lightcurve_points"]))
+        if sp_path.is_file():
+            lo, hi, n = layout["spectrum_grid"]
+            grid = np.geomspace(float(lo), float(hi), int(n))
+            out["spectrum"], out["spectrum_mask"] = S.spectrum_tensors(
+                pd.read_parquet(sp_path), ids, grid)
+        return out
 
     def _labels(self, cfg: Config) -> tuple[list[str], np.ndarray | None]:
         """Classes (sorted) and each row's class index (-1 when unlabelled), from
@@ -119,6 +154,10 @@ class DataProvider:
         info: dict = {}
         if self.tabular is not None:
             info["features"] = list(self.normalizer.features.names)
+        if "lightcurve" in self.series:
+            info["lightcurve_dim"] = int(self.series["lightcurve"].shape[2])
+        if "spectrum" in self.series:
+            info["spectrum_len"] = int(self.series["spectrum"].shape[2])
         if self.labels is not None:
             counts = np.bincount(self.labels[self.rows("train")], minlength=len(self.classes))
             info.update(classes=self.classes, class_counts=[int(c) for c in counts])
@@ -172,7 +211,7 @@ class DataProvider:
         """`cache=False` for a single pass (inference): reading once costs less than copying."""
         return _Images(self.data, self.rows(split), self.normalizer,
                        self._in_memory() if cache else self._memory, self.labels,
-                       self.tabular)
+                       self.tabular, self.series)
 
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
                    batch_size: int | None = None, seed: int = 0,

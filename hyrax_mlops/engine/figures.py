@@ -73,8 +73,11 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str], ti
             continue
         fpr, tpr, _ = roc_curve(truth, probs[:, k])
         ax.plot(fpr, tpr, label=f"{classes[k]} (AUC {auc(fpr, tpr):.3f})")
+    if not ax.get_lines():
+        ax.text(0.5, 0.5, "one class only in this split", ha="center")
+    else:
+        ax.legend(fontsize=8)
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -193,7 +193,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
             size = len(next(iter(batch.values())))
             total += float(loss.detach()) * size
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v) * size
+                value = v.detach() if isinstance(v, torch.Tensor) else v
+                sums[k] = sums.get(k, 0.0) + float(value) * size
             seen += size
         elapsed = time.perf_counter() - start
         local_seen = seen

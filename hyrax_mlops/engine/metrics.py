@@ -11,6 +11,8 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
                            prefix: str = "") -> dict[str, float]:
     """Accuracy, balanced accuracy, per-class precision/recall, and ROC AUC (binary, or
     one-vs-rest macro when every class is present)."""
+    import warnings
+
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -21,8 +23,11 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: Seque
     if len(labels) == 0:
         return {}
     pred = probs.argmax(axis=1)
+    with warnings.catch_warnings():  # a small split may hold a single class: that is allowed
+        warnings.simplefilter("ignore", UserWarning)
+        balanced = float(balanced_accuracy_score(labels, pred))
     out = {f"{prefix}accuracy": float(accuracy_score(labels, pred)),
-           f"{prefix}balanced_accuracy": float(balanced_accuracy_score(labels, pred))}
+           f"{prefix}balanced_accuracy": balanced}
     precision, recall, _, _ = precision_recall_fscore_support(
         labels, pred, labels=list(range(len(classes))), zero_division=0)
     for name, p, r in zip(classes, precision, recall, strict=True):

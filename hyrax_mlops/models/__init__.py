@@ -32,6 +32,7 @@ OUTPUT_METHODS = ("embed", "predict")  # at least one
 from hyrax_mlops.models import (  # noqa: E402,F401  (built-ins register themselves)
     autoencoder,
     classifier,
+    fusion,
     ssl,
 )
 

@@ -103,13 +103,25 @@ def ingest_directory(cfg: IngestConfig, cutouts_dir: Path, catalog_path: Path,
         "nan_policy": cfg.nan_policy, "nan_zeroed_objects": nan_zeroed,
         "unreferenced_files": len(unreferenced), "unreferenced_examples": unreferenced[:100],
     }
-    return writer.close(source, requested=len(rows))
+    return _with_series(cfg, catalog, catalog_path, out_dir,
+                        writer.close(source, requested=len(rows)))
 
 
-def ingest_catalog(catalog_path: Path, out_dir: Path) -> dict[str, Any]:
-    """A catalog-only dataset: every row, no cutouts."""
+def ingest_catalog(cfg: IngestConfig, catalog_path: Path, out_dir: Path) -> dict[str, Any]:
+    """A dataset without cutouts: every catalog row, with its light curve and spectrum files
+    when the catalog names them."""
     catalog = read_catalog(catalog_path)
     writer = DatasetWriter(out_dir, (), [], 1)
     for row in catalog.to_dict("records"):
         writer.add(row)
-    return writer.close({"name": "ingest", "catalog": str(catalog_path)}, requested=len(catalog))
+    manifest = writer.close({"name": "ingest", "catalog": str(catalog_path)},
+                            requested=len(catalog))
+    return _with_series(cfg, catalog, catalog_path, out_dir, manifest)
+
+
+def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, out_dir: Path,
+                 manifest: dict[str, Any]) -> dict[str, Any]:
+    from hyrax_mlops.data.series import ingest_series
+
+    return ingest_series(catalog, Path(catalog_path).parent, cfg.lightcurve_column,
+                         cfg.spectrum_column, out_dir, manifest)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from hyrax_mlops.config import Config, require_path
-from hyrax_mlops.data.dataset import sha256_file
+from hyrax_mlops.data.series import series_fingerprint
 from hyrax_mlops.sources.local_fits import fingerprint, ingest_catalog, ingest_directory
 from hyrax_mlops.stages._dataset import log_dataset
 from hyrax_mlops.tracking import StageRun, StageSpec, run_stage
@@ -24,13 +24,16 @@ def check(cfg: Config) -> tuple[Path | None, Path]:
 
 def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -> StageRun:
     cutouts, catalog = check(cfg)
-    spec = StageSpec("ingest", SECTIONS, fingerprint=(fingerprint(cutouts, catalog) if cutouts
-                                                      else sha256_file(catalog)))
+    print_ = series_fingerprint(catalog, cfg.ingest.lightcurve_column,
+                                cfg.ingest.spectrum_column)
+    if cutouts:
+        print_ = f"{fingerprint(cutouts, catalog)}:{print_}"
+    spec = StageSpec("ingest", SECTIONS, fingerprint=print_)
 
     def body(run_id: str) -> None:
         with tempfile.TemporaryDirectory(prefix="hyrax-ingest-") as tmp:
             out = Path(tmp) / "dataset"
             log_dataset(out, ingest_directory(cfg.ingest, cutouts, catalog, out) if cutouts
-                        else ingest_catalog(catalog, out))
+                        else ingest_catalog(cfg.ingest, catalog, out))
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)

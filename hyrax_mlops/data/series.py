@@ -1,0 +1,182 @@
+"""Light curves and spectra: read from users' files into the dataset format, and turned into
+fixed-size tensors with masks for models.
+
+In a dataset they are long tables next to the catalog:
+    dataset/lightcurves.parquet  object_id, time (d), band, mag, mag_err
+    dataset/spectra.parquet      object_id, wave (Å), flux, err, good
+Fluxes with a zero point become magnitudes; spectra keep their own units and are scaled per
+object when tensors are made, so any survey's files mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LIGHTCURVES, SPECTRA = "lightcurves.parquet", "spectra.parquet"
+
+
+def read_lightcurve(path: Path) -> pd.DataFrame:
+    """A CSV/Parquet light curve: `time`, `band`, and `mag`+`mag_err`, or `flux`+`flux_err`
+    (+ `zp`, converted to magnitudes). Non-finite rows are dropped."""
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    missing = [c for c in ("time", "band") if c not in df.columns]
+    if missing:
+        raise ValueError(f"no column(s) {missing} (has {list(df.columns)})")
+    if "mag" not in df.columns:
+        if not {"flux", "flux_err", "zp"} <= set(df.columns):
+            raise ValueError("needs mag/mag_err, or flux/flux_err/zp")
+        flux = df["flux"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            df["mag"] = np.where(flux > 0, df["zp"] - 2.5 * np.log10(flux), np.nan)
+            df["mag_err"] = 1.0857 * df["flux_err"] / flux
+    if "mag_err" not in df.columns:
+        df["mag_err"] = np.nan
+    out = pd.DataFrame({"time": df["time"].astype(float), "band": df["band"].astype(str),
+                        "mag": df["mag"].astype(float), "mag_err": df["mag_err"].astype(float)})
+    return out[np.isfinite(out["time"]) & np.isfinite(out["mag"])].sort_values("time")
+
+
+def read_spectrum(path: Path) -> pd.DataFrame:
+    """A FITS (first table HDU with WAVE/FLUX[/ERR][/MASK]) or CSV (`wave`, `flux`[, `err`])
+    spectrum. `good` is False where the flux is not finite or the mask flags the pixel."""
+    if path.suffix.lower() in (".fits", ".fit", ".fts") or path.name.endswith(".fits.gz"):
+        from astropy.table import Table
+
+        t = Table.read(path, hdu=1)
+        cols = {c.lower(): c for c in t.colnames}
+        wave, flux = np.asarray(t[cols["wave"]], float), np.asarray(t[cols["flux"]], float)
+        err = np.asarray(t[cols["err"]], float) if "err" in cols else np.full_like(flux, np.nan)
+        mask = np.asarray(t[cols["mask"]]) if "mask" in cols else np.zeros(len(flux), int)
+    else:
+        df = pd.read_csv(path)
+        wave, flux = df["wave"].to_numpy(float), df["flux"].to_numpy(float)
+        err = df["err"].to_numpy(float) if "err" in df else np.full_like(flux, np.nan)
+        mask = df["mask"].to_numpy() if "mask" in df else np.zeros(len(flux), int)
+    good = np.isfinite(wave) & np.isfinite(flux) & (np.asarray(mask) == 0)
+    out = pd.DataFrame({"wave": wave, "flux": flux, "err": err, "good": good})
+    return out[np.isfinite(out["wave"])].sort_values("wave")
+
+
+def lightcurve_tensors(table: pd.DataFrame, ids: np.ndarray, bands: list[str],
+                       max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """(points (n, max_points, 3 + len(bands)), mask (n, max_points)) for `ids` in order.
+
+    Per point: days since the object's first point / 100, magnitude minus the object's
+    median, its error, and the band one-hot. More points than `max_points` are thinned evenly
+    (the first and last kept); an object without a light curve is all mask 0.
+    """
+    width = 3 + len(bands)
+    out = np.zeros((len(ids), max_points, width), np.float32)
+    mask = np.zeros((len(ids), max_points), np.float32)
+    band_index = {b: i for i, b in enumerate(bands)}
+    groups = dict(tuple(table.groupby("object_id", sort=False))) if len(table) else {}
+    for i, oid in enumerate(ids):
+        lc = groups.get(oid)
+        if lc is None or not len(lc):
+            continue
+        if len(lc) > max_points:
+            lc = lc.iloc[np.linspace(0, len(lc) - 1, max_points).round().astype(int)]
+        t, m = lc["time"].to_numpy(float), lc["mag"].to_numpy(float)
+        e = np.nan_to_num(lc["mag_err"].to_numpy(float), nan=0.0)
+        k = len(lc)
+        out[i, :k, 0] = (t - t[0]) / 100.0
+        out[i, :k, 1] = m - np.median(m)
+        out[i, :k, 2] = np.clip(e, 0, 5)
+        for j, b in enumerate(lc["band"].to_numpy()):
+            if b in band_index:
+                out[i, j, 3 + band_index[b]] = 1.0
+        mask[i, :k] = 1.0
+    return out, mask
+
+
+def spectrum_tensors(table: pd.DataFrame, ids: np.ndarray, grid: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(flux (n, 2, len(grid)) — flux and error divided by the object's median |flux| —,
+    mask (n, len(grid))): each spectrum resampled onto `grid` (Å); pixels outside its coverage
+    or flagged bad are masked."""
+    out = np.zeros((len(ids), 2, len(grid)), np.float32)
+    mask = np.zeros((len(ids), len(grid)), np.float32)
+    groups = dict(tuple(table.groupby("object_id", sort=False))) if len(table) else {}
+    for i, oid in enumerate(ids):
+        sp = groups.get(oid)
+        if sp is None:
+            continue
+        sp = sp[sp["good"]]
+        if len(sp) < 2:
+            continue
+        w, f = sp["wave"].to_numpy(float), sp["flux"].to_numpy(float)
+        e = np.nan_to_num(sp["err"].to_numpy(float), nan=0.0)
+        scale = np.median(np.abs(f)) or 1.0
+        inside = (grid >= w[0]) & (grid <= w[-1])
+        out[i, 0, inside] = np.interp(grid[inside], w, f) / scale
+        out[i, 1, inside] = np.interp(grid[inside], w, e) / scale
+        mask[i, inside] = 1.0
+    return np.clip(out, -50, 50), mask
+
+
+def ingest_series(catalog: pd.DataFrame, base_dir: Path, lightcurve_column: str,
+                  spectrum_column: str, out_dir: Path, manifest: dict) -> dict:
+    """Read each kept object's light curve and spectrum files (catalog columns, paths relative
+    to `base_dir`) into the dataset's long tables; a file that is missing or unreadable is a
+    recorded failure of that modality, not of the object. Updates and returns `manifest`."""
+    import json
+    from collections import Counter
+
+    kept = set(pd.read_parquet(out_dir / "catalog.parquet")["object_id"].astype(str))
+    modalities = [manifest.get("modality", "image")] if manifest.get("shape") else []
+    for column, reader, name, kind in ((lightcurve_column, read_lightcurve, LIGHTCURVES,
+                                        "lightcurve"),
+                                       (spectrum_column, read_spectrum, SPECTRA, "spectrum")):
+        if not column or column not in catalog.columns:
+            continue
+        parts = []
+        for oid, file in zip(catalog["object_id"].astype(str), catalog[column], strict=True):
+            if oid not in kept or not isinstance(file, str) or not file.strip():
+                continue
+            path = Path(base_dir) / file.strip()
+            try:
+                part = reader(path)
+            except FileNotFoundError:
+                manifest["failures"].append({"object_id": oid, "file": file, "reason":
+                                             f"missing_{kind}", "detail": f"{path} not found"})
+                continue
+            except Exception as exc:  # one unreadable file is recorded, not fatal
+                manifest["failures"].append({"object_id": oid, "file": file, "reason":
+                                             f"unreadable_{kind}",
+                                             "detail": f"{type(exc).__name__}: {exc}"[:500]})
+                continue
+            parts.append(part.assign(object_id=oid))
+        if parts:
+            pd.concat(parts, ignore_index=True).to_parquet(out_dir / name, index=False)
+            modalities.append(kind)
+            manifest.setdefault("counts", {})[f"with_{kind}"] = len(parts)
+    manifest["modalities"] = modalities or ["tabular"]
+    manifest["counts"]["modality_failures"] = sum(
+        1 for f in manifest["failures"] if f["reason"].endswith(("lightcurve", "spectrum")))
+    manifest["counts"]["failed_by_reason"] = dict(Counter(f["reason"]
+                                                          for f in manifest["failures"]))
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def series_fingerprint(catalog_path: Path, lightcurve_column: str, spectrum_column: str) -> str:
+    """The catalog's bytes and the size and mtime of every light curve / spectrum file it
+    names: a changed file makes a new dataset instead of reusing the old run."""
+    import hashlib
+
+    from hyrax_mlops.data.catalogs import read_catalog
+    from hyrax_mlops.data.dataset import sha256_file
+
+    h = hashlib.sha256(sha256_file(catalog_path).encode())
+    catalog = read_catalog(catalog_path)
+    for column in (lightcurve_column, spectrum_column):
+        if column and column in catalog.columns:
+            for file in catalog[column].dropna().astype(str):
+                p = Path(catalog_path).parent / file.strip()
+                st = p.stat() if p.is_file() else None
+                h.update(f"{file}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}"
+                         .encode())
+    return h.hexdigest()
