@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p = sub.add_parser("config", help="print the resolved config")
     _config_args(p)
-    sub.add_parser("list", help="list registered sources, models, vector backends, reducers")
+    sub.add_parser("list", help="list registered sources, models, backbones, augmentations, "
+                               "vector backends, reducers")
     p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
@@ -128,12 +129,15 @@ def _app(args: argparse.Namespace) -> int:
 
 def _list() -> int:
     from hyrax_mlops.analysis.reducers import REDUCERS
+    from hyrax_mlops.data.augment import AUGMENTATIONS
     from hyrax_mlops.models import MODELS
+    from hyrax_mlops.models.backbones import BACKBONES
     from hyrax_mlops.sources import SOURCES
     from hyrax_mlops.vectors import VECTOR_BACKENDS
 
-    for title, reg in (("sources", SOURCES), ("models", MODELS),
-                       ("vector backends", VECTOR_BACKENDS), ("reducers", REDUCERS)):
+    for title, reg in (("sources", SOURCES), ("models", MODELS), ("backbones", BACKBONES),
+                       ("augmentations", AUGMENTATIONS), ("vector backends", VECTOR_BACKENDS),
+                       ("reducers", REDUCERS)):
         print(f"{title}: {', '.join(reg.names())}")
     return 0
 

@@ -115,3 +115,22 @@ def test_fusion_with_one_modality_hidden_still_predicts(multimodal):
     with torch.no_grad():
         probs = model.predict(batch)
     assert probs.shape == (43, 3) and torch.isfinite(probs).all()
+
+
+def test_fusion_of_stamps_and_catalog_features_on_xdf_galaxies(demo_store, tmp_path):
+    result, cfg = demo_store
+    catalog = DataProvider(result["dataset"].run_id, cfg).catalog
+    labels = pd.DataFrame({"object_id": catalog["object_id"], "morphology": np.where(
+        catalog["r_half"] > catalog["r_half"].median(), "extended", "compact")})
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    over = {"train.epochs": 3, "train.early_stopping_patience": 0, "data.batch_size": 32,
+            "data.label_column": "morphology", "data.labels_file": str(tmp_path / "labels.csv"),
+            "data.features": ["log10:flux", "npix"],
+            "model": {"name": "fusion_classifier", "dim": 16, "width": 4}}
+    run = hm.train(cfg, over, dataset=result["dataset"].run_id)
+    data = mlflow.get_run(run.run_id).data
+    assert data.params["model_resolved.features"] == "['log10:flux', 'npix']"
+    assert "val_balanced_accuracy" in data.metrics and "test_roc_auc" in data.metrics
+    emb = hm.infer(cfg, train_run=run.run_id)
+    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg)).to_pandas()
+    assert len(table) == 300 and set(table["predicted_class"]) <= {"compact", "extended"}
