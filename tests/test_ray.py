@@ -1,9 +1,12 @@
-"""Ray Train on a real local Ray (loopback only): one worker reproduces the in-process loop,
-two workers train with DDP (gloo) into the same kind of MLflow run."""
+"""Ray on a real `ray start --head` cluster on 127.0.0.1 (loopback only): one Ray Train worker
+reproduces the in-process loop, two train with DDP (gloo), a seeded Optuna sweep, Ray Data
+inference, and a killed worker that resumes from its checkpoint."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -13,9 +16,13 @@ import hyrax_mlops as hm
 
 
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    """A local Ray whose HOME holds the bootstrap file that stops cloud-metadata probes."""
-    ray = pytest.importorskip("ray")
+def ray_cluster(tmp_path_factory):
+    """A real Ray cluster: `ray start --head` on 127.0.0.1 with its own temp dir (stopped
+    after, by its own PIDs), which the stages join through RAY_ADDRESS as a user's would."""
+    from hyrax_mlops.config import load_config
+
+    from servers import ray_head
+
     home = tmp_path_factory.mktemp("ray-home")
     (home / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
     settings = dict(HOME=str(home), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -23,11 +30,19 @@ def local_ray(tmp_path_factory):
                     # Ray Train collects reported checkpoints at each health check (2 s by
                     # default); checking often lets a short test kill a worker after one
                     RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
-    old = {k: os.environ.get(k) for k in settings}
+    old = {k: os.environ.get(k) for k in (*settings, "RAY_ADDRESS")}
     os.environ.update(settings)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield ray
-    ray.shutdown()
+    # imported after the settings: Ray reads some of them at import, and without them it
+    # rewrites a 127.0.0.1 head address to the machine's external one and never connects
+    ray = pytest.importorskip("ray")
+    from hyrax_mlops.engine.ray_env import init_ray
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    with ray_head(env) as head:
+        os.environ["RAY_ADDRESS"] = head["address"]
+        init_ray(load_config())
+        yield ray
+        ray.shutdown()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -40,7 +55,7 @@ def history(run_id: str, key: str) -> list[float]:
                                     key=lambda m: m.step)]
 
 
-def test_one_ray_worker_matches_the_in_process_loop(local_ray, demo_store):
+def test_one_ray_worker_matches_the_in_process_loop(ray_cluster, demo_store):
     result, cfg = demo_store
     small = {"train.epochs": 2, "train.early_stopping_patience": 0}
     local = hm.train(cfg, {**small, "train.backend": "local"}, dataset=result["dataset"].run_id)
@@ -57,7 +72,7 @@ def test_one_ray_worker_matches_the_in_process_loop(local_ray, demo_store):
         mlflow.get_run(local.run_id).data.metrics["best_val_loss"], rel=1e-4)
 
 
-def test_two_ray_workers_train_with_ddp(local_ray, demo_store):
+def test_two_ray_workers_train_with_ddp(ray_cluster, demo_store):
     result, cfg = demo_store
     run = hm.train(cfg, {"train.epochs": 2, "train.backend": "ray", "train.workers": 2,
                          "train.cpus_per_worker": 0.9}, dataset=result["dataset"].run_id)
@@ -72,7 +87,7 @@ def test_two_ray_workers_train_with_ddp(local_ray, demo_store):
     assert vectors.shape == (300, 16)
 
 
-def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(local_ray, demo_store):
+def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(ray_cluster, demo_store):
     import pandas as pd
 
     result, cfg = demo_store
@@ -109,7 +124,7 @@ def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(local_ray, demo_store
     assert best.spec["params"]["widths"] == [16, 16, 16]
 
 
-def test_ray_data_inference_writes_the_same_embeddings(local_ray, demo_store):
+def test_ray_data_inference_writes_the_same_embeddings(ray_cluster, demo_store):
     import numpy as np
 
     from hyrax_mlops.stages.infer import read_embeddings
@@ -125,7 +140,7 @@ def test_ray_data_inference_writes_the_same_embeddings(local_ray, demo_store):
     np.testing.assert_allclose(ray_emb, local, rtol=1e-4, atol=1e-5)
 
 
-def test_a_killed_worker_resumes_from_its_last_checkpoint(local_ray, demo_store):
+def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, demo_store):
     import signal
     import threading
     import time

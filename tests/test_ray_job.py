@@ -1,7 +1,7 @@
 """`ray job submit` of an entry point against a real `ray start --head` on 127.0.0.1.
 
-Its own module, so the in-process Ray of test_ray.py is shut down before this head starts
-(with both up, the head's job agent did not come up here)."""
+Its own module, so test_ray.py's cluster is stopped and disconnected before this head starts
+(with a driver still connected elsewhere, the head's job agent did not come up here)."""
 
 from __future__ import annotations
 
