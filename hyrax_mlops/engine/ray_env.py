@@ -19,6 +19,8 @@ QUIET_RAY = {
 
 
 def quiet_ray_environment() -> None:
+    """Call before `import ray`: Ray reads some of these at import, and without them it
+    rewrites a 127.0.0.1 head address to the machine's external one and never connects."""
     for key, value in QUIET_RAY.items():
         os.environ.setdefault(key, value)
     boot = Path.home() / "ray_bootstrap_config.yaml"
@@ -28,9 +30,9 @@ def quiet_ray_environment() -> None:
 
 def init_ray(cfg: Config):
     """Join `ray.address` / RAY_ADDRESS, or start a local Ray; idempotent."""
+    quiet_ray_environment()  # before the import: Ray reads these when it is imported
     import ray
 
-    quiet_ray_environment()
     if ray.is_initialized():
         return ray
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"

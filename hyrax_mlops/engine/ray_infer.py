@@ -47,9 +47,10 @@ def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str
                  ) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (n, dim) embeddings in dataset order, computed by an actor pool, and the class
     probabilities of a model that predicts."""
-    import ray.data
+    from hyrax_mlops.engine.ray_env import init_ray, quiet_ray_environment
 
-    from hyrax_mlops.engine.ray_env import init_ray
+    quiet_ray_environment()
+    import ray.data
 
     init_ray(cfg)
     inf = cfg.infer

@@ -90,10 +90,11 @@ def fit_on_ray(cfg: Config, provider, run_id: str, tracking_uri: str,
                storage: Path, model: nn.Module, resume: dict | None = None) -> TrainResult:
     """Train `model`'s architecture on Ray; load the best weights into `model` and return
     the history. `provider` is the driver's DataProvider (its normaliser is shared)."""
+    from hyrax_mlops.engine.ray_env import init_ray, quiet_ray_environment
+
+    quiet_ray_environment()  # before Ray is imported
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from hyrax_mlops.engine.ray_env import init_ray
 
     init_ray(cfg)
     t = cfg.train

@@ -115,12 +115,13 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 def run_sweep(cfg: Config, provider, parent_run_id: str, experiment_id: str,
               tracking_uri: str, storage: Path):
     """Run the sweep; return Ray's ResultGrid."""
+    from hyrax_mlops.engine.ray_env import init_ray, quiet_ray_environment
+
+    quiet_ray_environment()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
-
-    from hyrax_mlops.engine.ray_env import init_ray
 
     init_ray(cfg)
     t = cfg.tune
