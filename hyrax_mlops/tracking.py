@@ -292,14 +292,21 @@ def find_in_lineage(run_id: str, stage: str) -> str:
     raise LineageError(f"no '{stage}' run upstream of run '{run_id}'.")
 
 
+@functools.lru_cache(maxsize=4096)
+def _artifact_uri(store: str, run_id: str) -> str:
+    """A run's artifact location never changes: one store query per run, not per read."""
+    import mlflow
+
+    return mlflow.get_run(run_id).info.artifact_uri
+
+
 def _local_artifact(run_id: str, path: str) -> Path | None:
     """The artifact's own path when the run's artifact store is a local directory."""
     from urllib.parse import unquote, urlparse
 
     import mlflow
 
-    uri = mlflow.get_run(run_id).info.artifact_uri
-    parsed = urlparse(uri)
+    parsed = urlparse(_artifact_uri(mlflow.get_tracking_uri(), run_id))
     if parsed.scheme not in ("", "file"):
         return None
     target = Path(unquote(parsed.path)) / path

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 _PACKAGES = ("umap", "pynndescent")
+_covered: int | None = None  # set once the cache is enabled in this process
 
 
 def default_cache_dir() -> Path:
@@ -24,8 +25,12 @@ def default_cache_dir() -> Path:
 def enable_persistent_cache(cache_dir: Path | None = None) -> int:
     """Cache umap's and pynndescent's jitted functions on disk; returns how many it covered.
 
-    Call before the first fit. `NUMBA_CACHE_DIR`, when set, wins over `cache_dir`.
+    Call before the first fit. `NUMBA_CACHE_DIR`, when set, wins over `cache_dir`. Later
+    calls in the same process return at once.
     """
+    global _covered
+    if _covered is not None:
+        return _covered
     target = Path(os.environ.get("NUMBA_CACHE_DIR") or cache_dir or default_cache_dir())
     target.mkdir(parents=True, exist_ok=True)
     os.environ["NUMBA_CACHE_DIR"] = str(target)
@@ -48,4 +53,5 @@ def enable_persistent_cache(cache_dir: Path | None = None) -> int:
                 covered += 1
             except Exception:  # e.g. a closure numba cannot cache: it compiles as before
                 continue
+    _covered = covered
     return covered

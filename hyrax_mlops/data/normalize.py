@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hyrax_mlops.errors import ConfigError
+
 METHODS = ("none", "asinh", "log", "zscore")
 _FIT_PIXELS = 1_000_000  # per band: robust statistics need no more, and medians cost O(n)
 
@@ -39,8 +41,6 @@ def feature_matrix(table, names: list[str]) -> np.ndarray:
     for name in names:
         fn, _, col = name.rpartition(":")
         if col not in table.columns:
-            from hyrax_mlops.errors import ConfigError
-
             raise ConfigError(f"data.features names '{col}', which is not a catalog column "
                               f"(columns: {', '.join(map(str, table.columns))})")
         values = pd.to_numeric(table[col], errors="coerce").to_numpy(np.float64)
@@ -48,8 +48,6 @@ def feature_matrix(table, names: list[str]) -> np.ndarray:
             with np.errstate(divide="ignore", invalid="ignore"):
                 values = np.where(values > 0, np.log10(values), np.nan)
         elif fn:
-            from hyrax_mlops.errors import ConfigError
-
             raise ConfigError(f"data.features '{name}': the only transform is log10:COLUMN")
         cols.append(values)
     return np.stack(cols, axis=1) if cols else np.empty((len(table), 0))

@@ -117,15 +117,15 @@ def spectrum_tensors(table: pd.DataFrame, ids: np.ndarray, grid: np.ndarray
     return np.clip(out, -50, 50), mask
 
 
-def ingest_series(catalog: pd.DataFrame, base_dir: Path, lightcurve_column: str,
-                  spectrum_column: str, out_dir: Path, manifest: dict) -> dict:
+def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
+                  lightcurve_column: str, spectrum_column: str, out_dir: Path,
+                  manifest: dict) -> dict:
     """Read each kept object's light curve and spectrum files (catalog columns, paths relative
     to `base_dir`) into the dataset's long tables; a file that is missing or unreadable is a
     recorded failure of that modality, not of the object. Updates and returns `manifest`."""
     import json
     from collections import Counter
 
-    kept = set(pd.read_parquet(out_dir / "catalog.parquet")["object_id"].astype(str))
     modalities = [manifest.get("modality", "image")] if manifest.get("shape") else []
     for column, reader, name, kind in ((lightcurve_column, read_lightcurve, LIGHTCURVES,
                                         "lightcurve"),

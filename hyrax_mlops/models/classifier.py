@@ -35,12 +35,41 @@ def class_weight_tensor(class_weights: str | Sequence[float],
     return torch.tensor([float(w) for w in class_weights])
 
 
+class ClassifierBase(nn.Module):
+    """What every classifier shares: its classes, a class-weighted cross-entropy with the
+    batch accuracy beside it, and probabilities. Subclasses define `logits(batch)`, and may
+    change a training batch first (`training_input`, e.g. augmentations)."""
+
+    needs_labels = True
+
+    def _init_classes(self, classes: Sequence[str], class_counts: Sequence[int] | None,
+                      class_weights: str | Sequence[float]) -> None:
+        self.classes = [str(c) for c in classes]
+        self.register_buffer("class_weight",
+                             class_weight_tensor(class_weights, class_counts, len(self.classes)))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_input(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return batch
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        logits = self.logits(self.training_input(batch))
+        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weight)
+        accuracy = (logits.argmax(1) == batch["label"]).float().mean()
+        return {"loss": loss, "accuracy": accuracy.detach()}
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class probabilities, (n, len(classes))."""
+        return torch.softmax(self.logits(batch), dim=1)
+
+
 @MODELS.register("stamp_classifier")
-class StampClassifier(nn.Module):
+class StampClassifier(ClassifierBase):
     """A backbone (ResNet-18-style by default) and a linear head over `classes`."""
 
     modalities = ("image",)
-    needs_labels = True
 
     def __init__(self, input_shape: Sequence[int], classes: Sequence[str] = ("0", "1"),
                  class_counts: Sequence[int] | None = None, backbone: str = "resnet18",
@@ -48,41 +77,30 @@ class StampClassifier(nn.Module):
                  dropout: float = 0.1, augmentations: Sequence[str] = ("dihedral", "shift"),
                  strength: float = 1.0) -> None:
         super().__init__()
-        self.classes = [str(c) for c in classes]
+        self._init_classes(classes, class_counts, class_weights)
         self.backbone = build_backbone(backbone, int(input_shape[0]), width)
         self.head = nn.Sequential(nn.Dropout(dropout),
                                   nn.Linear(self.backbone.out_dim, len(self.classes)))
-        self.register_buffer("class_weight",
-                             class_weight_tensor(class_weights, class_counts, len(self.classes)))
         self.augment = Augment(augmentations, strength) if augmentations else None
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.backbone(batch["image"]))
 
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["image"]
-        if self.training and self.augment is not None:
-            with torch.no_grad():
-                x = self.augment(x)
-        logits = self.logits(x)
-        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weight)
-        accuracy = (logits.argmax(1) == batch["label"]).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class probabilities, (n, len(classes))."""
-        return torch.softmax(self.logits(batch["image"]), dim=1)
+    def training_input(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not (self.training and self.augment is not None):
+            return batch
+        with torch.no_grad():
+            return {**batch, "image": self.augment(batch["image"])}
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.backbone(batch["image"])
 
 
 @MODELS.register("tabular_classifier")
-class TabularClassifier(nn.Module):
+class TabularClassifier(ClassifierBase):
     """An MLP over catalog features (`data.features`) and their missing-value masks."""
 
     modalities = ("tabular",)
-    needs_labels = True
 
     def __init__(self, input_shape: Sequence[int], features: Sequence[str] = (),
                  classes: Sequence[str] = ("0", "1"), class_counts: Sequence[int] | None = None,
@@ -92,7 +110,8 @@ class TabularClassifier(nn.Module):
         if not features:
             raise ValueError("tabular_classifier reads catalog features: set data.features, "
                              "e.g. [\"log10:P_1\", \"A_1\"]")
-        self.features, self.classes = list(features), [str(c) for c in classes]
+        self.features = list(features)
+        self._init_classes(classes, class_counts, class_weights)
         layers: list[nn.Module] = []
         width = 2 * len(self.features)  # values and masks
         for h in hidden:
@@ -100,19 +119,9 @@ class TabularClassifier(nn.Module):
             width = h
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, len(self.classes))
-        self.register_buffer("class_weight",
-                             class_weight_tensor(class_weights, class_counts, len(self.classes)))
-
-    def _features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.body(torch.cat([batch["tabular"], batch["tabular_mask"]], dim=1))
-
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.head(self._features(batch))
-        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weight)
-        return {"loss": loss, "accuracy": (logits.argmax(1) == batch["label"]).float().mean()}
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.softmax(self.head(self._features(batch)), dim=1)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._features(batch)
+        return self.body(torch.cat([batch["tabular"], batch["tabular_mask"]], dim=1))
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embed(batch))

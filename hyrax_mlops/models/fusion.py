@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from hyrax_mlops.models import MODELS
 from hyrax_mlops.models.backbones import build_backbone
-from hyrax_mlops.models.classifier import class_weight_tensor
+from hyrax_mlops.models.classifier import ClassifierBase
 
 KINDS = ("image", "lightcurve", "spectrum", "tabular")
 
@@ -50,12 +50,11 @@ class _Spectrum(nn.Module):
 
 
 @MODELS.register("fusion_classifier")
-class FusionClassifier(nn.Module):
+class FusionClassifier(ClassifierBase):
     """Classifies from whichever of image, light curve, spectrum and catalog features each
     object has (`modalities`: which to use; [] = all the dataset offers)."""
 
     modalities = KINDS
-    needs_labels = True
 
     def __init__(self, input_shape: Sequence[int], classes: Sequence[str] = ("0", "1"),
                  class_counts: Sequence[int] | None = None, features: Sequence[str] = (),
@@ -75,7 +74,7 @@ class FusionClassifier(nn.Module):
         if not self.kinds:
             raise ValueError("fusion_classifier found no modality in this dataset: it needs "
                              "stamps, light curves, spectra or data.features")
-        self.classes = [str(c) for c in classes]
+        self._init_classes(classes, class_counts, class_weights)
         self.fusion, self.p_drop, self.dim = fusion, float(modality_dropout), int(dim)
         enc = nn.ModuleDict()
         if "image" in self.kinds:
@@ -95,8 +94,6 @@ class FusionClassifier(nn.Module):
         fused = dim if fusion == "attention" else dim * len(self.kinds) + len(self.kinds)
         self.head = nn.Sequential(nn.LayerNorm(fused), nn.Linear(fused, dim), nn.GELU(),
                                   nn.Linear(dim, len(self.classes)))
-        self.register_buffer("class_weight",
-                             class_weight_tensor(class_weights, class_counts, len(self.classes)))
 
     def _tokens(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens (n, kinds + 1, dim), present (n, kinds + 1)); the last token is "nothing"."""
@@ -131,13 +128,8 @@ class FusionClassifier(nn.Module):
         body = tokens[:, :-1] * present[:, :-1].unsqueeze(-1)
         return torch.cat([body.flatten(1), present[:, :-1].float()], dim=1)
 
-    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.head(self._fused(batch))
-        loss = F.cross_entropy(logits, batch["label"], weight=self.class_weight)
-        return {"loss": loss, "accuracy": (logits.argmax(1) == batch["label"]).float().mean()}
-
-    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.softmax(self.head(self._fused(batch)), dim=1)
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self._fused(batch))
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._fused(batch)

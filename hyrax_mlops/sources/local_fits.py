@@ -103,7 +103,7 @@ def ingest_directory(cfg: IngestConfig, cutouts_dir: Path, catalog_path: Path,
         "nan_policy": cfg.nan_policy, "nan_zeroed_objects": nan_zeroed,
         "unreferenced_files": len(unreferenced), "unreferenced_examples": unreferenced[:100],
     }
-    return _with_series(cfg, catalog, catalog_path, out_dir,
+    return _with_series(cfg, catalog, catalog_path, writer,
                         writer.close(source, requested=len(rows)))
 
 
@@ -116,12 +116,14 @@ def ingest_catalog(cfg: IngestConfig, catalog_path: Path, out_dir: Path) -> dict
         writer.add(row)
     manifest = writer.close({"name": "ingest", "catalog": str(catalog_path)},
                             requested=len(catalog))
-    return _with_series(cfg, catalog, catalog_path, out_dir, manifest)
+    return _with_series(cfg, catalog, catalog_path, writer, manifest)
 
 
-def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, out_dir: Path,
+def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, writer: DatasetWriter,
                  manifest: dict[str, Any]) -> dict[str, Any]:
+    """Add the light curves and spectra of the objects the writer kept."""
     from hyrax_mlops.data.series import ingest_series
 
-    return ingest_series(catalog, Path(catalog_path).parent, cfg.lightcurve_column,
-                         cfg.spectrum_column, out_dir, manifest)
+    kept = {str(row["object_id"]) for row in writer.rows}
+    return ingest_series(catalog, kept, Path(catalog_path).parent, cfg.lightcurve_column,
+                         cfg.spectrum_column, writer.out, manifest)

@@ -24,11 +24,11 @@ def check(cfg: Config) -> tuple[Path | None, Path]:
 
 def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -> StageRun:
     cutouts, catalog = check(cfg)
-    print_ = series_fingerprint(catalog, cfg.ingest.lightcurve_column,
+    inputs = series_fingerprint(catalog, cfg.ingest.lightcurve_column,
                                 cfg.ingest.spectrum_column)
     if cutouts:
-        print_ = f"{fingerprint(cutouts, catalog)}:{print_}"
-    spec = StageSpec("ingest", SECTIONS, fingerprint=print_)
+        inputs = f"{fingerprint(cutouts, catalog)}:{inputs}"
+    spec = StageSpec("ingest", SECTIONS, fingerprint=inputs)
 
     def body(run_id: str) -> None:
         with tempfile.TemporaryDirectory(prefix="hyrax-ingest-") as tmp:

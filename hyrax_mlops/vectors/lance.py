@@ -152,10 +152,11 @@ class LanceIndex(VectorIndex):
         if self._table is None:
             return [[] for _ in vectors]
         s, out = self._settings, []
+        indexed = bool(self._table.list_indices())  # once per call, not per query vector
         for v in np.asarray(vectors, np.float32):
             q = (self._table.search(v, vector_column_name="vector")
                  .distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"]))
-            if self._table.list_indices():
+            if indexed:
                 q = q.nprobes(s["nprobes"]).refine_factor(s["refine_factor"])
             res = q.to_arrow()
             out.append(list(zip(res.column("id").to_pylist(),
