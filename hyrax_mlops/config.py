@@ -83,6 +83,23 @@ class DataConfig(_Section):
             raise ValueError("split must be three fractions [train, val, test] that sum to 1")
         return v
 
+    @field_validator("spectrum_grid")
+    @classmethod
+    def _grid_is_min_max_pixels(cls, v: list[float]) -> list[float]:
+        if len(v) != 3 or not 0 < v[0] < v[1] or v[2] < 2 or v[2] != int(v[2]):
+            raise ValueError("spectrum_grid must be [min Å, max Å, pixels] with 0 < min < max "
+                             "and a whole number of pixels >= 2, e.g. [3500.0, 10500.0, 512]")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features_are_columns_or_log10(cls, v: list[str]) -> list[str]:
+        bad = [f for f in v if ":" in f and not f.startswith("log10:")]
+        if bad:
+            raise ValueError(f"features {bad}: give a catalog column or log10:COLUMN; the "
+                             "only transform is log10")
+        return v
+
 
 class ModelConfig(BaseModel):
     """`name` picks the model; every other key is a constructor argument of that model.

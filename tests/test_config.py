@@ -91,3 +91,13 @@ def test_resolved_config_round_trips(tmp_path):
     assert again == cfg
     assert again.section_hash(["reduce"]) == cfg.section_hash(["reduce"])
     assert again.section_hash(["reduce"]) != load_config().section_hash(["reduce"])
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ({"data.spectrum_grid": [3500.0, 10500.0]}, "spectrum_grid must be \\[min Å, max Å, pixels\\]"),
+    ({"data.spectrum_grid": [9000.0, 4000.0, 256]}, "0 < min < max"),
+    ({"data.features": ["A_1", "sqrt:P_1"]}, "'sqrt:P_1'.*only transform is log10"),
+])
+def test_modality_settings_are_checked_when_the_config_loads(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, override)
