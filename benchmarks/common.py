@@ -140,7 +140,7 @@ def register_tiled_xdf(n: int) -> str:
         return name
 
     @SOURCES.register(name)
-    def tiled(cfg, out_dir: Path) -> dict[str, Any]:
+    def tiled(cfg, out_dir: Path, ctx=None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             base_cfg = cfg.model_copy(update={"limit": 0})
             fetch_xdf(base_cfg, Path(tmp) / "xdf")

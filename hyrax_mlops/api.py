@@ -49,9 +49,14 @@ def _dataset(cfg: Config, force: bool = False):
         return (ing if cfg.pipeline.dataset == "ingest" else dl).run(cfg, force=force).run_id
 
 
-def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
+def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False,
+             resume: str | None = None):
+    """Download (or reuse) a dataset; `resume=RUN_ID` continues an interrupted download run in
+    place, fetching only what it does not have yet."""
     from hyrax_mlops.stages import download as stage
 
+    if resume:
+        return stage.resume(resume)
     return stage.run(load_config(config, overrides), force=force)
 
 

@@ -15,6 +15,7 @@ from hyrax_mlops.errors import HyraxError
 
 STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "pipeline")
 _INPUTS = {
+    "download": [("--resume", "continue this interrupted download run, fetching what is missing")],
     "train": [("--dataset", "dataset run id (default: make or reuse it from the config)"),
               ("--resume", "continue this interrupted train run from its last checkpoint")],
     "tune": [("--dataset", "dataset run id (default: make or reuse it from the config)")],

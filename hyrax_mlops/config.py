@@ -35,13 +35,53 @@ class PipelineConfig(_Section):
     dataset: Literal["download", "ingest"] = "download"
 
 
+class HSCConfig(_Section):
+    """HSC-SSP `das_cutout` (PDR3): the service's own options."""
+
+    url: str = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr3"
+    rerun: Literal["pdr3_wide", "pdr3_dud", "pdr3_dud_rev"] = "pdr3_wide"
+    type: Literal["coadd", "coadd/bg"] = "coadd"
+    rects_per_request: int = Field(990, ge=1, le=990)
+    user_env: str = "HSC_SSP_CAS_USER"
+    password_env: str = "HSC_SSP_CAS_PASSWORD"
+
+
+class RubinConfig(_Section):
+    """The Rubin Science Platform: ObsCore (TAP) -> DataLink -> SODA cutout, or a Butler."""
+
+    url: str = "https://data.lsst.cloud"
+    dataset_type: str = "deepCoadd_calexp"
+    token_env: str = "RSP_TOKEN"
+    butler_repo: str = ""
+    butler_collections: list[str] = []
+
+
 class DownloadConfig(_Section):
     source: str = "xdf"
+    catalog: str = ""
+    bands: list[str] = []
+    layers: list[Literal["image", "mask", "variance"]] = ["image"]
     limit: int = Field(0, ge=0)
     stamp_size: int = Field(64, ge=8)
+    pixel_scale: float = Field(0.0, ge=0)
     shard_size: int = Field(1024, ge=1)
+    concurrency: int = Field(8, ge=1)
+    retries: int = Field(6, ge=1)
+    backoff_s: float = Field(0.5, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    credentials_file: str = ""
+    hsc: HSCConfig = HSCConfig()
+    rubin: RubinConfig = RubinConfig()
     detect_threshold: float = Field(3.0, gt=0)
     min_area: int = Field(8, ge=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _image_first(cls, v: list[str]) -> list[str]:
+        if not v or v[0] != "image" or len(set(v)) != len(v):
+            raise ValueError('layers must start with "image" and not repeat, e.g. '
+                             '["image", "variance"]')
+        return v
 
 
 class IngestConfig(_Section):
@@ -64,6 +104,10 @@ class IngestConfig(_Section):
 
 
 class DataConfig(_Section):
+    mode: Literal["dataset", "stream"] = "dataset"
+    stream_cache_dir: str = ".hyrax/stream"
+    stream_cache_gb: float = Field(5.0, gt=0)
+    stream_prefetch: int = Field(4, ge=0)
     normalize: Literal["none", "asinh", "log", "zscore"] = "asinh"
     split: list[float] = [0.8, 0.1, 0.1]
     split_seed: int = 0

@@ -244,6 +244,30 @@ def run_stage(
 # --------------------------------------------------------------------------- reading runs
 
 
+def interrupted_run(run_id: str, stage: str):
+    """A run of `stage` that did not finish, and the config it was started with: what a
+    `--resume RUN_ID` continues."""
+    import mlflow
+
+    from hyrax_mlops.config import load_config
+
+    use_store()
+    try:
+        run = mlflow.get_run(run_id)
+    except Exception:
+        raise LineageError(f"run '{run_id}' does not exist in this tracking store.") from None
+    actual = run.data.tags.get(TAG_STAGE)
+    if actual != stage:
+        raise LineageError(f"run '{run_id}' is a '{actual}' run, not a {stage} run: only a "
+                           f"{stage} run resumes here.")
+    if run.info.status == "FINISHED":
+        raise LineageError(f"run '{run_id}' is FINISHED: there is nothing to resume.")
+    cfg = load_config(mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                          artifact_path=CONFIG_ARTIFACT))
+    return run, cfg
+
+
+
 def get_run(run_id: str, stage: str | Iterable[str] | None = None):
     """A run that exists, is FINISHED and (optionally) is of the expected stage."""
     import mlflow

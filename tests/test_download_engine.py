@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer, is_fits_stamp
 
-from hyrax_mlops.download.engine import (
+from hyrax_mlops.downloader.engine import (
+    AuthRefused,
     InvalidResponse,
     Request,
     RetryPolicy,
     fetch_all,
     retry_after_seconds,
 )
-from hyrax_mlops.download.journal import Journal
+from hyrax_mlops.downloader.journal import Journal
 
 FAST = RetryPolicy(attempts=4, base_s=0.01, cap_s=0.05, timeout_s=5)
 
@@ -70,9 +71,10 @@ def test_refused_credentials_are_not_retried_and_say_so(tmp_path):
     try:
         with Journal(tmp_path / "j.jsonl") as journal:
             url = f"http://127.0.0.1:{httpd.server_address[1]}/x"
-            fetch_all([Request("X", url)], accept_fits, journal, policy=FAST)
-            assert journal.failed["X"]["reason"] == "PermanentError"
-            assert "credentials" in journal.failed["X"]["detail"]
+            with pytest.raises(AuthRefused, match="refused the credentials"):
+                fetch_all([Request(k, url) for k in "XYZ"], accept_fits, journal, policy=FAST,
+                          concurrency=1)
+            assert not journal.done  # stopped at the first refusal: nothing half-recorded
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -99,8 +101,8 @@ WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
 from fault_server import is_fits_stamp
-from hyrax_mlops.download.engine import Request, RetryPolicy, fetch_all
-from hyrax_mlops.download.journal import Journal
+from hyrax_mlops.downloader.engine import Request, RetryPolicy, fetch_all
+from hyrax_mlops.downloader.journal import Journal
 url, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 with Journal(path) as journal:
     fetch_all([Request(f"K{{i:04d}}", f"{{url}}/cutout?id=K{{i:04d}}") for i in range(n)],

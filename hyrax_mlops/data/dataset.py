@@ -132,6 +132,12 @@ class Dataset:
             np.load(self.root / s["file"], mmap_mode="r", allow_pickle=False)
             for s in self.manifest["shards"]
         ]
+        self.stream = None  # a streamed dataset's pixel source (sources.stream.CutoutStream)
+
+    @property
+    def streamed(self) -> bool:
+        """Pixels fetched from the survey on demand (`data.mode = "stream"`), not in shards."""
+        return "stream" in self.manifest
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -143,6 +149,11 @@ class Dataset:
     def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """float32 (len(rows), bands, h, w), gathered across shards in the order asked."""
         rows = np.asarray(rows, dtype=np.int64)
+        if self.streamed:
+            if self.stream is None:
+                raise DataError("this dataset is streamed: its pixels come from the survey "
+                                "through a DataProvider (data.mode = \"stream\")")
+            return self.stream.images(rows)
         out = np.empty((len(rows), *self.shape), dtype=np.float32)
         shard_of = rows // self._shard_size
         for shard in np.unique(shard_of):  # one read per shard touched, straight into `out`

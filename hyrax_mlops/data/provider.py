@@ -17,6 +17,7 @@ from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.tracking import fetch_artifacts
 
 _FIT_SAMPLE = 2000  # objects used to fit normalisation statistics
+_STREAM_FIT_SAMPLE = 256  # fewer when each one is a download
 
 
 class _Images(TorchDataset):
@@ -61,6 +62,25 @@ def _collate(batch):
     return batch if isinstance(batch, dict) else default_collate(batch)
 
 
+class _Prefetched:
+    """A DataLoader whose batches are prepared `depth` ahead in a background thread: a
+    streamed batch's cutouts download while the model trains on the one before."""
+
+    def __init__(self, loader: DataLoader, depth: int) -> None:
+        self.loader, self.depth = loader, depth
+
+    def __iter__(self):
+        from hyrax_mlops.data.prefetch import prefetch
+
+        return prefetch(iter(self.loader), self.depth)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
 class DataProvider:
     """Reads a dataset through MLflow (cached locally by run id) and feeds torch.
 
@@ -75,6 +95,10 @@ class DataProvider:
         if local_dir is None or not Path(local_dir).is_dir():  # e.g. a worker on another node
             local_dir = fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)
         self.data = Dataset(local_dir)
+        if self.data.streamed:
+            from hyrax_mlops.sources.stream import CutoutStream
+
+            self.data.stream = CutoutStream(self.data.manifest, self.data.catalog, cfg.data)
         self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
         self.classes, self.labels = self._labels(cfg)
         self.normalizer = normalizer or self._fit(cfg.data.normalize)
@@ -190,13 +214,16 @@ class DataProvider:
         rows = self.rows("train")
         if len(rows) == 0:
             rows = self.rows()
-        rows = rows[:: max(1, len(rows) // _FIT_SAMPLE)]
+        if self.data.streamed:
+            rows = rows[:: max(1, len(rows) // _STREAM_FIT_SAMPLE)][:_STREAM_FIT_SAMPLE]
+        else:
+            rows = rows[:: max(1, len(rows) // _FIT_SAMPLE)]
         return fit_normalizer(method, self.data.images(rows))
 
     def _in_memory(self) -> torch.Tensor | None:
         """Every stamp normalised, held in memory when it fits under `data.cache_gb`: each
         epoch after the first read costs a slice, as with tensors already in RAM."""
-        if self._memory is None and self.data.shape:
+        if self._memory is None and self.data.shape and not self.data.streamed:
             size_gb = len(self.data) * int(np.prod(self.input_shape)) * 4 / 2**30
             if not 0 < size_gb <= self.cfg.data.cache_gb:
                 return None
@@ -215,11 +242,16 @@ class DataProvider:
 
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
                    batch_size: int | None = None, seed: int = 0,
-                   cache: bool = True) -> DataLoader:
+                   cache: bool = True, prefetch: bool = True) -> DataLoader | _Prefetched:
+        """Batches of one split. A streamed dataset's batches are prepared ahead in a thread
+        unless `prefetch=False` (Ray Train wraps the DataLoader itself)."""
         gen = torch.Generator().manual_seed(seed)
-        return DataLoader(
+        loader = DataLoader(
             self.torch_dataset(split, cache=cache),
             batch_size=batch_size or self.cfg.data.batch_size,
             shuffle=shuffle, generator=gen, num_workers=self.cfg.data.num_workers,
             collate_fn=_collate,
         )
+        if prefetch and self.data.streamed and self.cfg.data.stream_prefetch:
+            return _Prefetched(loader, self.cfg.data.stream_prefetch)
+        return loader

@@ -47,8 +47,8 @@ def _worker(config: dict[str, Any]) -> None:
     model = build_model(cfg.model, provider.input_shape, provider.data_info())
     step = ray.train.torch.prepare_model(_Step(model))
     train_loader = ray.train.torch.prepare_data_loader(
-        provider.dataloader("train", shuffle=True, seed=cfg.train.seed))
-    val_loader = ray.train.torch.prepare_data_loader(provider.dataloader("val"))
+        provider.dataloader("train", shuffle=True, seed=cfg.train.seed, prefetch=False))
+    val_loader = ray.train.torch.prepare_data_loader(provider.dataloader("val", prefetch=False))
 
     resume = None
     checkpoint = ray.train.get_checkpoint()

@@ -1,7 +1,9 @@
 """Sources a `download` run can fetch cutouts from, looked up by name.
 
-A source is a function `(DownloadConfig, out_dir) -> manifest` that writes a dataset
-(see `hyrax_mlops.data.dataset`) into `out_dir`.
+A source is a function `(DownloadConfig, out_dir, ctx) -> manifest` that writes a dataset
+(see `hyrax_mlops.data.dataset`) into `out_dir`; `ctx` (`survey.DownloadContext`) holds the
+run's work directory, kept across a kill so a resumed run fetches only what is missing.
+Survey services (HSC, Rubin) share `survey.download_survey` and the download engine.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from hyrax_mlops.config import DownloadConfig
 from hyrax_mlops.registry import Registry
 
-Source = Callable[[DownloadConfig, Path], dict[str, Any]]
+Source = Callable[[DownloadConfig, Path, Any], dict[str, Any]]
 SOURCES: Registry[Source] = Registry("source")
 
-from hyrax_mlops.sources import xdf  # noqa: E402,F401  (built-ins register themselves)
+from hyrax_mlops.sources import hsc, rubin, xdf  # noqa: E402,F401  (built-ins register)

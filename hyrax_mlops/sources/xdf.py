@@ -60,7 +60,7 @@ def detect(rgb: np.ndarray, threshold: float, min_area: int) -> dict[str, np.nda
 
 
 @SOURCES.register("xdf")
-def fetch_xdf(cfg: DownloadConfig, out_dir: Path) -> dict[str, Any]:
+def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[str, Any]:
     """Detect, measure and cut the XDF galaxies whose whole stamp lies inside the image."""
     rgb, sha = load_xdf_image()
     height, width, _ = rgb.shape

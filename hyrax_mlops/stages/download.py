@@ -1,33 +1,144 @@
-"""`download`: fetch cutouts from a registered source into a dataset run."""
+"""`download`: fetch cutouts from a registered source into a dataset run.
+
+Survey downloads keep their journal and staged cutouts in `<tracking.cache_dir>/downloads/
+<run_id>/` until the dataset is logged, so a run killed at any moment (even `kill -9`)
+continues with `hyrax-mlops download --resume RUN_ID`, into the same run, fetching only what
+is missing. While it works, the run shows done/failed/retries, rate and ETA as metrics and
+a copy of the journal as an artifact; at the end, `download/failures.csv` lists every object
+that could not be fetched, with the reason.
+"""
 
 from __future__ import annotations
 
+import csv
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from hyrax_mlops.config import Config
+from hyrax_mlops.downloader.engine import Stats
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.sources import SOURCES
+from hyrax_mlops.sources.survey import SURVEYS, DownloadContext, survey_source
 from hyrax_mlops.stages._dataset import log_dataset
 from hyrax_mlops.tracking import StageRun, StageSpec, run_stage
 
 SECTIONS = ("download",)
+METRICS_EVERY_S = 5.0
+JOURNAL_EVERY_S = 60.0
 
 
 def check(cfg: Config):
     try:
-        return SOURCES.get(cfg.download.source)
+        source = SOURCES.get(cfg.download.source)
     except KeyError as exc:
         raise ConfigError(f"config key 'download.source': {exc}") from None
+    if cfg.download.source in SURVEYS:
+        from hyrax_mlops.config import require_path
+
+        require_path(cfg, "download.catalog", "file")
+        # a bad band, a missing Butler or missing credentials stop here, before a run exists
+        survey_source(cfg.download).credentials()
+    elif cfg.data.mode == "stream":
+        raise ConfigError(f"data.mode = \"stream\" fetches cutouts from a survey source "
+                          f"({', '.join(SURVEYS.names())}), not from "
+                          f"download.source = '{cfg.download.source}'. Fix: set "
+                          "download.source, or data.mode = \"dataset\".")
+    return source
+
+
+def _stream_body(cfg: Config):
+    def body(run_id: str) -> None:
+        from hyrax_mlops.sources.stream import write_stream_dataset
+
+        with tempfile.TemporaryDirectory(prefix="hyrax-stream-") as tmp:
+            out = Path(tmp) / "dataset"
+            manifest = write_stream_dataset(cfg.download, Path(cfg.download.catalog)
+                                            .expanduser(), out)
+            import mlflow
+
+            mlflow.set_tag("hyrax.dataset.mode", "stream")
+            log_dataset(out, manifest)
+
+    return body
+
+
+class _Reporter:
+    """Progress as MLflow metrics (throttled) and the journal mirrored as an artifact."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.last_metrics = self.last_journal = 0.0
+
+    def __call__(self, phase: str, stats: Stats) -> None:
+        import mlflow
+
+        now = time.monotonic()
+        final = stats.done + stats.failed >= stats.total
+        if now - self.last_metrics >= METRICS_EVERY_S or final:
+            self.last_metrics = now
+            eta = stats.eta()
+            mlflow.log_metrics({
+                f"download.{phase}.done": stats.done, f"download.{phase}.failed": stats.failed,
+                f"download.{phase}.retries": stats.retries,
+                f"download.{phase}.rate_per_s": round(stats.rate(), 3),
+                f"download.{phase}.eta_s": round(eta, 1) if eta != float("inf") else -1.0,
+            }, step=stats.done + stats.failed)
+        if now - self.last_journal >= JOURNAL_EVERY_S or final:
+            self.last_journal = now
+            self.mirror_journals()
+
+    def mirror_journals(self) -> None:
+        import mlflow
+
+        for path in sorted(self.work.glob("*.jsonl")):
+            mlflow.log_artifact(str(path), "download")
+
+
+def _write_failures(manifest: dict, path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        out = csv.DictWriter(fh, ["object_id", "reason", "detail"], extrasaction="ignore")
+        out.writeheader()
+        out.writerows(manifest["failures"])
+
+
+def _body(cfg: Config, source):
+    def body(run_id: str) -> None:
+        import mlflow
+
+        work = Path(cfg.tracking.cache_dir).expanduser().resolve() / "downloads" / run_id
+        work.mkdir(parents=True, exist_ok=True)
+        reporter = _Reporter(work)
+        ctx = DownloadContext(work, reporter)
+        with tempfile.TemporaryDirectory(prefix="hyrax-download-") as tmp:
+            out = Path(tmp) / "dataset"
+            manifest = source(cfg.download, out, ctx)
+            if ctx.info.get("credentials"):
+                mlflow.set_tag("hyrax.download.credentials", ctx.info["credentials"])
+            reporter.mirror_journals()
+            _write_failures(manifest, Path(tmp) / "failures.csv")
+            mlflow.log_artifact(str(Path(tmp) / "failures.csv"), "download")
+            log_dataset(out, manifest)
+        shutil.rmtree(work, ignore_errors=True)  # logged: the staged copy is no longer needed
+
+    return body
 
 
 def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -> StageRun:
+    return run_stage(*_spec_and_body(cfg), force=force, parent_run_id=parent_run_id)
+
+
+def _spec_and_body(cfg: Config):
     source = check(cfg)
+    if cfg.data.mode == "stream":  # the catalog and what to fetch; pixels come per batch
+        return StageSpec("download", SECTIONS, fingerprint="stream"), cfg, _stream_body(cfg)
+    return StageSpec("download", SECTIONS), cfg, _body(cfg, source)
 
-    def body(run_id: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="hyrax-download-") as tmp:
-            out = Path(tmp) / "dataset"
-            log_dataset(out, source(cfg.download, out))
 
-    return run_stage(StageSpec("download", SECTIONS), cfg, body, force=force,
-                     parent_run_id=parent_run_id)
+def resume(run_id: str) -> StageRun:
+    """Continue an interrupted download run in place, with the config it was started with."""
+    from hyrax_mlops.tracking import interrupted_run
+
+    _, cfg = interrupted_run(run_id, "download")
+    return run_stage(*_spec_and_body(cfg), resume_run_id=run_id)

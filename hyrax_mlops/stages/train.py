@@ -46,21 +46,10 @@ def resume(run_id: str) -> StageRun:
     import mlflow
     import torch
 
-    from hyrax_mlops.config import load_config
     from hyrax_mlops.errors import LineageError
-    from hyrax_mlops.tracking import CONFIG_ARTIFACT, TAG_INPUT, TAG_STAGE, use_store
+    from hyrax_mlops.tracking import TAG_INPUT, interrupted_run
 
-    use_store()
-    try:
-        run = mlflow.get_run(run_id)
-    except Exception:
-        raise LineageError(f"run '{run_id}' does not exist in this tracking store.") from None
-    if run.data.tags.get(TAG_STAGE) != "train":
-        raise LineageError(f"run '{run_id}' is not a train run: only training resumes.")
-    if run.info.status == "FINISHED":
-        raise LineageError(f"run '{run_id}' is FINISHED: there is nothing to resume.")
-    cfg = load_config(mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                          artifact_path=CONFIG_ARTIFACT))
+    run, cfg = interrupted_run(run_id, "train")
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST)
     except Exception:

@@ -15,11 +15,16 @@ from typing import Any
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None) -> None:
+        """`path=None`: kept in memory only (streaming, where the cache is the record)."""
+        self.path = None if path is None else Path(path)
         self.done: dict[str, dict[str, Any]] = {}
         self.failed: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._fh = None
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
                 try:
@@ -27,7 +32,6 @@ class Journal:
                 except json.JSONDecodeError:  # a line torn by a kill: that item is redone
                     continue
                 self._remember(entry)
-        self._lock = threading.Lock()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def _remember(self, entry: dict[str, Any]) -> None:
@@ -42,13 +46,15 @@ class Journal:
         """Write one finished item (status "done" or "failed") durably."""
         entry = {"key": key, "status": status, **info}
         with self._lock:
-            self._fh.write(json.dumps(entry, default=str) + "\n")
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
+            if self._fh is not None:
+                self._fh.write(json.dumps(entry, default=str) + "\n")
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
             self._remember(entry)
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
     def __enter__(self) -> Journal:
         return self

@@ -1,2 +1,0 @@
-"""Getting cutouts from survey services: a shared engine (retries, validation, journal)
-and one module per service."""

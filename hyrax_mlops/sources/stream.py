@@ -1,0 +1,154 @@
+"""Streaming: train on survey cutouts without downloading them all first (`data.mode="stream"`).
+
+The download run then logs the catalog and what to fetch (source, bands, layers, stamp
+size) instead of shards; the DataProvider asks the source for each batch's cutouts through
+the same engine (parallel requests, retries, validation) and keeps them in an on-disk cache
+capped at `data.stream_cache_gb`, evicting the least recently used, so later epochs read
+locally. Batches are prepared ahead of the training loop in a background thread.
+A cutout that cannot be fetched is served as zeros and counted (`failed`), never fatal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hyrax_mlops.config import DataConfig, DownloadConfig
+from hyrax_mlops.downloader.journal import Journal
+from hyrax_mlops.downloader.staging import CutoutStore, item_key
+from hyrax_mlops.sources.survey import (
+    DownloadContext,
+    Target,
+    channel_names,
+    read_targets,
+    survey_source,
+)
+
+
+def write_stream_dataset(cfg: DownloadConfig, catalog: Path, out_dir: Path) -> dict[str, Any]:
+    """A dataset whose pixels come from the source on demand: catalog + manifest, no shards."""
+    from hyrax_mlops.data.dataset import FORMAT, sha256_file
+
+    source = survey_source(cfg)
+    targets, rows, bad = read_targets(catalog, cfg.limit)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    import pandas as pd
+
+    by_id = {t.object_id: t for t in targets}
+    kept = [dict(r, ra=by_id[str(r["object_id"])].ra, dec=by_id[str(r["object_id"])].dec)
+            for r in rows if str(r["object_id"]) in by_id]
+    table = pd.DataFrame(kept, columns=None if kept else ["object_id", "ra", "dec"])
+    table.to_parquet(out_dir / "catalog.parquet", index=False)
+    failures = [{"object_id": oid, "file": "", "reason": "bad_position", "detail": d}
+                for oid, d in bad.items()]
+    manifest = {
+        "format": FORMAT, "modality": "image",
+        "shape": [len(source.bands) * len(cfg.layers), cfg.stamp_size, cfg.stamp_size],
+        "dtype": "float32", "bands": channel_names(source.bands, cfg.layers),
+        "shard_size": cfg.shard_size, "shards": [],
+        "catalog": {"file": "catalog.parquet", "columns": list(table.columns),
+                    "sha256": sha256_file(out_dir / "catalog.parquet")},
+        "counts": {"requested": len(rows), "ingested": len(kept), "failed": len(failures),
+                   "failed_by_reason": {"bad_position": len(failures)} if failures else {}},
+        "failures": failures,
+        "source": {"name": source.name, "catalog": str(catalog), "mode": "stream"},
+        "stream": {"download": cfg.model_dump(mode="json"), "bands": source.bands},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+class LRUCutoutStore(CutoutStore):
+    """A CutoutStore that keeps at most `max_bytes` on disk, dropping the least recently used
+    stamps first. Safe for the engine's worker threads."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        super().__init__(root)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._sizes: OrderedDict[Path, int] = OrderedDict()
+        self.bytes = 0
+        self.evicted = 0
+        found = sorted(self.root.rglob("*.npy"), key=lambda p: p.stat().st_mtime) \
+            if self.root.is_dir() else []
+        for path in found:  # what earlier runs left, oldest first
+            self._sizes[path] = path.stat().st_size
+            self.bytes += self._sizes[path]
+        self._evict()
+
+    def put(self, object_id: str, band: str, stamp: np.ndarray) -> None:
+        super().put(object_id, band, stamp)
+        path = self.path(object_id, band)
+        with self._lock:
+            self.bytes -= self._sizes.pop(path, 0)
+            self._sizes[path] = path.stat().st_size
+            self.bytes += self._sizes[path]
+            self._evict()
+
+    def get(self, object_id: str, band: str) -> np.ndarray:
+        path = self.path(object_id, band)
+        with self._lock:
+            if path in self._sizes:
+                self._sizes.move_to_end(path)
+        return super().get(object_id, band)
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes and len(self._sizes) > 1:
+            path, size = self._sizes.popitem(last=False)
+            self.bytes -= size
+            self.evicted += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+class CutoutStream:
+    """Pixels of a streamed dataset: `images(rows)` fetches what the cache lacks, then reads."""
+
+    def __init__(self, manifest: dict[str, Any], catalog, data: DataConfig) -> None:
+        spec = manifest["stream"]
+        self.cfg = DownloadConfig.model_validate(spec["download"])
+        self.source = survey_source(self.cfg)
+        self.bands = list(spec["bands"])
+        self.shape = tuple(manifest["shape"])
+        key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+        self.root = Path(data.stream_cache_dir).expanduser().resolve() / key
+        self.store = LRUCutoutStore(self.root / "cutouts", int(data.stream_cache_gb * 2**30))
+        self.targets = [Target(str(o), float(r), float(d)) for o, r, d in
+                        zip(catalog["object_id"], catalog["ra"], catalog["dec"], strict=True)]
+        self.failed: dict[str, dict] = {}
+        self.fetched = 0
+        self._lock = threading.Lock()  # one batch fetch at a time; each is parallel inside
+
+    def images(self, rows) -> np.ndarray:
+        targets = [self.targets[int(r)] for r in rows]
+        with self._lock:
+            missing = [(t, b) for t in targets for b in self.bands
+                       if item_key(t.object_id, b) not in self.failed
+                       and not self.store.has(t.object_id, b)]
+            if missing:
+                with Journal(None) as journal:
+                    ctx = DownloadContext(self.root, show_progress=False)
+                    self.source.fetch(missing, self.store, journal, ctx)
+                    self.failed.update(journal.failed)
+                    self.fetched += len(journal.done)
+            out = np.zeros((len(targets), *self.shape), np.float32)
+            per_band = self.shape[0] // len(self.bands)
+            for i, t in enumerate(targets):
+                for j, band in enumerate(self.bands):
+                    if item_key(t.object_id, band) in self.failed:
+                        continue
+                    try:
+                        out[i, j * per_band:(j + 1) * per_band] = self.store.get(t.object_id,
+                                                                                 band)
+                    except FileNotFoundError:  # evicted meanwhile by a tiny cache: zeros
+                        continue
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return out
