@@ -156,3 +156,10 @@ def lineage(run_id: str) -> str:
     from hyrax_mlops.tracking import lineage_lines
 
     return "\n".join(lineage_lines(run_id))
+
+
+def register(run_id: str, name: str, alias: str | None = None):
+    """Register a train or tune run's model as `name` (and point `alias` at the version)."""
+    from hyrax_mlops.model_registry import register as _register
+
+    return _register(run_id, name, alias)

@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--columns", default="", help="catalog columns to show, comma-separated")
     _config_args(p)
+    p = sub.add_parser("register", help="register a train/tune run's model in the MLflow "
+                                        "Model Registry")
+    p.add_argument("run_id", help="train or tune run id")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--alias", help="alias to point at this version, e.g. champion")
     p = sub.add_parser("lineage", help="print the chain of runs behind a run")
     p.add_argument("run_id")
     p = sub.add_parser("config", help="print the resolved config")
@@ -154,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             import hyrax_mlops as hm
 
             print(hm.lineage(args.run_id))
+            return 0
+        if args.command == "register":
+            from hyrax_mlops.model_registry import register
+
+            print(register(args.run_id, args.name, args.alias))
             return 0
         if args.command == "app":
             return _app(args)

@@ -1,11 +1,12 @@
 """What makes a logged model reusable without unpickling: a spec, the weights, the transform.
 
-Beside MLflow's own files, every hyrax model carries `extra_files/`:
+A hyrax model is an MLflow pyfunc (`serving.py`) whose artifact `bundle/` holds:
     hyrax_model.json     model name, constructor params, input shape
     state_dict.pt        weights (loaded with weights_only=True)
     normalization.json   the per-band transform fitted at training time
-`mlflow.pytorch.load_model(uri)` still works for people who trust the store; hyrax itself
-rebuilds the model from the spec and loads only the weights.
+`mlflow.pyfunc.load_model(uri).predict(cutouts)` gives embeddings; hyrax itself rebuilds the
+model from the spec and loads only the weights. (Models logged before the pyfunc kept the
+same files in `extra_files/`; both are read.)
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ def load_bundle(uri: str) -> LoadedModel:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as exc:
         raise LineageError(f"cannot load model '{uri}': {exc}") from None
-    extra = local / "extra_files"
+    extra = next((d for d in (local / "artifacts" / "bundle", local / "extra_files")
+                  if (d / SPEC).is_file()), local / "artifacts" / "bundle")
     if not (extra / SPEC).is_file():
         raise LineageError(
-            f"model '{uri}' was not logged by hyrax-mlops (no extra_files/{SPEC}). "
+            f"model '{uri}' was not logged by hyrax-mlops (no artifacts/bundle/{SPEC}). "
             "Fix: point infer.model at a model from a hyrax train run."
         )
     spec = json.loads((extra / SPEC).read_text())

@@ -65,13 +65,12 @@ def resume(run_id: str) -> StageRun:
 def _train(cfg: Config, dataset_run_id: str, run_id: str,
            resume_state: dict | None = None) -> dict[str, str]:
     import mlflow
-    import numpy as np
     import torch
 
     from hyrax_mlops.data.provider import DataProvider
     from hyrax_mlops.engine import figures
-    from hyrax_mlops.engine.bundle import write_bundle
     from hyrax_mlops.engine.loop import evaluate_all, fit, resolve_device, seed_everything
+    from hyrax_mlops.engine.serving import log_hyrax_model
     from hyrax_mlops.models import build_model, model_params
 
     seed_everything(cfg.train.seed)
@@ -135,14 +134,8 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
                         "plots/reconstructions.png")
 
         model.cpu()
-        extra = write_bundle(model, cfg.model.name, params, provider.input_shape,
-                             provider.normalizer, Path(tmp) / "bundle")
-        info = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle", extra_files=extra,
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}",
-                              f"numpy>={np.__version__}"],
-            registered_model_name=cfg.train.register_as or None,
-        )
+        info = log_hyrax_model(model, cfg.model.name, params, provider.input_shape,
+                               provider.normalizer, Path(tmp), cfg.train.register_as)
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     return {"model_uri": info.model_uri}
 

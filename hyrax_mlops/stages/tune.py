@@ -77,8 +77,8 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
     import torch
 
     from hyrax_mlops.data.provider import DataProvider
-    from hyrax_mlops.engine.bundle import write_bundle
     from hyrax_mlops.engine.ray_tune import run_sweep, trial_config
+    from hyrax_mlops.engine.serving import log_hyrax_model
     from hyrax_mlops.models import build_model, model_params
     from hyrax_mlops.tracking import tracking_uri
 
@@ -108,14 +108,11 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
         model = build_model(best_cfg.model, provider.input_shape, provider.data_info())
         with best.checkpoint.as_directory() as d:
             model.load_state_dict(torch.load(Path(d) / "best.pt", weights_only=True))
-        extra = write_bundle(model, best_cfg.model.name,
-                             model_params(best_cfg.model, provider.data_info()),
-                             provider.input_shape, provider.normalizer, Path(tmp) / "bundle")
         mlflow.log_text(best_cfg.to_toml(), "tune/best_config.toml")
-        info = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle", extra_files=extra,
-            pip_requirements=[f"torch>={torch.__version__.split('+')[0]}"],
-            registered_model_name=cfg.tune.register_as or None)
+        info = log_hyrax_model(model, best_cfg.model.name,
+                               model_params(best_cfg.model, provider.data_info()),
+                               provider.input_shape, provider.normalizer, Path(tmp),
+                               cfg.tune.register_as)
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     mlflow.set_tag("hyrax.best_trial", json.dumps(best.config, default=str))
     return {"model_uri": info.model_uri}

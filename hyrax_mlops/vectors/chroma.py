@@ -1,4 +1,5 @@
-"""Chroma: a PersistentClient on disk by default, or a Chroma server given `index.url`."""
+"""Chroma: a PersistentClient on disk by default, or a Chroma server given `index.url`
+(with a bearer token from `$CHROMA_TOKEN` or the file `$CHROMA_TOKEN_FILE`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ from hyrax_mlops.vectors.base import VectorIndex
 _METADATA_TYPES = (str, int, float, bool)
 
 
+def server_token() -> str | None:
+    """The Chroma server's token: `$CHROMA_TOKEN`, or the file named by `$CHROMA_TOKEN_FILE`.
+    Never part of the config, so never logged."""
+    import os
+
+    if os.environ.get("CHROMA_TOKEN"):
+        return os.environ["CHROMA_TOKEN"].strip()
+    path = os.environ.get("CHROMA_TOKEN_FILE")
+    if path:
+        return Path(path).expanduser().read_text().strip()
+    return None
+
+
 def _client(location: dict[str, Any]):
     import chromadb
     from chromadb.config import Settings
@@ -23,8 +37,10 @@ def _client(location: dict[str, Any]):
     settings = Settings(anonymized_telemetry=False)
     if location.get("url"):
         u = urlparse(location["url"])
+        token = server_token()
+        headers = {"Authorization": f"Bearer {token}"} if token else None
         return chromadb.HttpClient(host=u.hostname or "127.0.0.1", port=u.port or 8000,
-                                   ssl=u.scheme == "https", settings=settings)
+                                   ssl=u.scheme == "https", headers=headers, settings=settings)
     if not Path(location["path"]).is_dir():
         # Chroma caches one client per path in-process; a folder deleted under it would
         # otherwise be served from that stale cache.
