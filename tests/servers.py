@@ -130,3 +130,32 @@ def ray_head(env: dict):
             with contextlib.suppress(psutil.Error):
                 proc.send_signal(signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def model_server(model_uri: str, tracking_uri: str, log: Path):
+    """`mlflow models serve` of a registered model on 127.0.0.1; yields its URL."""
+    import os
+
+    port = free_port()
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,  # the venv on PATH: uvicorn
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            try:
+                wait_http(f"http://127.0.0.1:{port}/ping", proc, timeout=180)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{exc}\n{log.read_text()[-3000:]}") from None
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 15)  # uvicorn and its worker: the whole session
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()

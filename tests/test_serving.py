@@ -5,11 +5,6 @@ cutouts sent as arrays or as FITS files with the same embeddings `infer` wrote."
 from __future__ import annotations
 
 import base64
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +14,9 @@ import requests
 
 import hyrax_mlops as hm
 
+from servers import model_server
+
 STAMPS = Path(__file__).parent / "data" / "xdf_fits" / "stamps"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def embeddings_of(run_id: str) -> pd.DataFrame:
@@ -69,46 +60,28 @@ def test_mlflow_models_serve_answers_arrays_and_fits(champion, demo_dir):
     data = Dataset(Path(mlflow.artifacts.download_artifacts(
         run_id=result["dataset"].run_id, artifact_path="dataset")))
     pixels = data.images([0, 1])  # raw pixels, as a user would send them
-    port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),  # venv on PATH:
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")  # uvicorn
-    log = open(demo_dir / "serve.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m",
-         "models:/xdf-autoencoder@champion", "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port), "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/ping", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None, (demo_dir / "serve.log").read_text()[-3000:]
-            time.sleep(0.5)
-        answer = requests.post(f"{url}/invocations", json={"inputs": pixels.tolist()},
-                               timeout=60)
-        assert answer.ok, answer.text
-        got = answer.json()["predictions"]
-        assert len(got) == 2
-        np.testing.assert_allclose([g["embedding"] for g in got],
-                                   np.stack(expected.loc[data.ids[:2], "embedding"]),
-                                   rtol=1e-4, atol=1e-5)
+    with model_server("models:/xdf-autoencoder@champion", mlflow.get_tracking_uri(),
+                      demo_dir / "serve.log") as url:
+        check_served_embeddings(url, pixels, data.ids[:2], expected)
 
-        fits_b64 = base64.b64encode((STAMPS / "XDF00001.fits").read_bytes()).decode()
-        answer = requests.post(f"{url}/invocations", json={
-            "dataframe_split": {"columns": ["fits"], "data": [[fits_b64]]}}, timeout=60)
-        assert answer.ok, answer.text
-        np.testing.assert_allclose(answer.json()["predictions"][0]["embedding"],
-                                   expected.loc["XDF00001", "embedding"], rtol=1e-4, atol=1e-5)
 
-        bad = requests.post(f"{url}/invocations", json={"inputs": [[1.0, 2.0]]}, timeout=60)
-        assert bad.status_code >= 400 and "bands, h, w" in bad.text
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
-        log.close()
+def check_served_embeddings(url: str, pixels, ids, expected: pd.DataFrame) -> None:
+    """Arrays and base64 FITS in, the embeddings `infer` wrote out; a bad shape is refused."""
+    answer = requests.post(f"{url}/invocations", json={"inputs": pixels.tolist()},
+                           timeout=60)
+    assert answer.ok, answer.text
+    got = answer.json()["predictions"]
+    assert len(got) == 2
+    np.testing.assert_allclose([g["embedding"] for g in got],
+                               np.stack(expected.loc[ids, "embedding"]),
+                               rtol=1e-4, atol=1e-5)
+
+    fits_b64 = base64.b64encode((STAMPS / "XDF00001.fits").read_bytes()).decode()
+    answer = requests.post(f"{url}/invocations", json={
+        "dataframe_split": {"columns": ["fits"], "data": [[fits_b64]]}}, timeout=60)
+    assert answer.ok, answer.text
+    np.testing.assert_allclose(answer.json()["predictions"][0]["embedding"],
+                               expected.loc["XDF00001", "embedding"], rtol=1e-4, atol=1e-5)
+
+    bad = requests.post(f"{url}/invocations", json={"inputs": [[1.0, 2.0]]}, timeout=60)
+    assert bad.status_code >= 400 and "bands, h, w" in bad.text
