@@ -88,11 +88,13 @@ def _run_stage(args: argparse.Namespace) -> int:
 def _next_steps(result) -> str:
     from hyrax_mlops.tracking import tracking_uri
 
-    idx, red = result["index"].run_id, result["reduce"].run_id
+    idx, red, uri = result["index"].run_id, result["reduce"].run_id, tracking_uri()
+    ui = (f"  open {uri}      # the team's MLflow server\n" if uri.startswith("http") else
+          f"  mlflow ui --backend-store-uri {uri}      # then open http://127.0.0.1:5000\n")
     return (
         f"\npipeline run {result.run_id}\n"
         "Look at the results:\n"
-        f"  mlflow ui --backend-store-uri {tracking_uri()}      # then open http://127.0.0.1:5000\n"
+        f"{ui}"
         f"  hyrax-mlops lineage {red}\n"
         f"  hyrax-mlops search --run {idx} --id XDF00001 -k 10\n"
         f"  maps: artifacts of run {red} (reductions.html, plots/*.png)"

@@ -15,6 +15,9 @@ QUIET_RAY = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
+    # with usage stats off, a head's dashboard still sends one "disabled" report to
+    # usage-stats.ray.io (seen with strace): point it at a closed loopback port
+    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
 }
 
 
