@@ -1,7 +1,10 @@
-"""Nearest neighbours of an object or a vector, from the index a run points to.
+"""Nearest neighbours of an object, a set of examples, an external cutout or a vector, from
+the index a run points to.
 
 `run` may be an index run, a pipeline run (its index stage is used) or an infer run
-(the newest index run of its embeddings). Results come back with the catalog rows.
+(the newest index run of its embeddings). Results come back with the catalog rows and, when an
+`analyse` run of the same embeddings exists, its per-object columns (outlier score, cluster,
+crossmatched reference label).
 """
 
 from __future__ import annotations
@@ -70,8 +73,33 @@ class Searcher:
         else:
             raise first_error
         self.index_run_id = run.info.run_id
+        self.embeddings_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
         dataset = input_run(run, "dataset")
         self.catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, self.cfg)).catalog
+        extra = self._analysis_columns()
+        if extra is not None:
+            self.catalog = self.catalog.merge(extra, on="object_id", how="left",
+                                              suffixes=("", "_analysis"))
+
+    def _analysis_columns(self) -> pd.DataFrame | None:
+        """Per-object columns of the newest finished analyse run of these embeddings."""
+        from mlflow.tracking import MlflowClient
+
+        if not self.embeddings_run_id:
+            return None
+        exp = get_run(self.embeddings_run_id).info.experiment_id
+        found = MlflowClient().search_runs(
+            [exp], f"tags.`{TAG_STAGE}` = 'analyse' AND "
+            f"tags.`{TAG_INPUT}embeddings` = '{self.embeddings_run_id}' AND "
+            "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+            max_results=1)
+        if not found:
+            return None
+        try:
+            path = fetch_artifacts(found[0].info.run_id, "analysis/columns.parquet", self.cfg)
+        except Exception:  # an analyse run without per-object columns
+            return None
+        return pd.read_parquet(path)
 
     def by_vector(self, vectors: np.ndarray, k: int = 10) -> list[pd.DataFrame]:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
@@ -83,6 +111,54 @@ class Searcher:
         except KeyError as exc:
             raise HyraxError(f"{exc.args[0]} (index of run {self.index_run_id})") from None
         return self.by_vector(vectors, k)
+
+    def by_examples(self, object_ids: Sequence[str], k: int = 10, *,
+                    each: bool = False) -> list[pd.DataFrame]:
+        """Objects most like a set of examples: the neighbours of their centroid (one table,
+        the examples themselves left out), or of each example (`each=True`)."""
+        if each:
+            return self.by_id(object_ids, k)
+        ids = [str(i) for i in object_ids]
+        try:
+            vectors = self.index.get_vectors(ids)
+        except KeyError as exc:
+            raise HyraxError(f"{exc.args[0]} (index of run {self.index_run_id})") from None
+        centroid = vectors.mean(axis=0, keepdims=True)
+        table = self.by_vector(centroid, k + len(ids))[0]
+        table = table[~table["object_id"].isin(ids)].head(k).reset_index(drop=True)
+        table["rank"] = np.arange(1, len(table) + 1)
+        return [table]
+
+    def embed_cutout(self, path: str) -> np.ndarray:
+        """An external cutout (FITS: an image, a (bands, h, w) cube, or one HDU per band named
+        like the dataset's bands) embedded with the model that made this index."""
+        import torch
+
+        from hyrax_mlops.data.fits_cutouts import read_cutout
+        from hyrax_mlops.engine.bundle import load_bundle
+        from hyrax_mlops.engine.inference import model_outputs
+
+        if not self.embeddings_run_id:
+            raise LineageError(f"index run {self.index_run_id} names no embeddings run.")
+        model_run = input_run(get_run(self.embeddings_run_id), "model")
+        uri = get_run(model_run).data.tags.get("hyrax.model_uri") or f"runs:/{model_run}/model"
+        loaded = load_bundle(uri)
+        shape = tuple(loaded.spec["input_shape"])
+        try:
+            cube = read_cutout(path)
+        except Exception as exc:
+            raise HyraxError(f"cannot read cutout '{path}': {exc}") from None
+        if cube.shape != shape:
+            raise HyraxError(f"cutout '{path}' is {list(cube.shape)}; the model of run "
+                             f"{model_run} takes {list(shape)} (bands, h, w)")
+        x = loaded.normalizer.apply(cube[None].copy(), inplace=True)
+        with torch.no_grad():
+            z, _ = model_outputs(loaded.model.eval(), {"image": torch.from_numpy(x)})
+        return z.float().numpy()
+
+    def by_cutout(self, path: str, k: int = 10) -> pd.DataFrame:
+        """Neighbours of an external FITS cutout, embedded with the run's own model."""
+        return self.by_vector(self.embed_cutout(path), k)[0]
 
     def _table(self, hits: list[tuple[str, float]]) -> pd.DataFrame:
         res = pd.DataFrame(hits, columns=["object_id", "distance"])
@@ -98,3 +174,14 @@ def search_by_id(run_id: str, object_id: str, k: int = 10, cfg: Config | None = 
 def search_by_vector(run_id: str, vector, k: int = 10, cfg: Config | None = None):
     """The k nearest neighbours of an embedding vector, with distances and catalog rows."""
     return Searcher(run_id, cfg).by_vector(np.asarray(vector), k)[0]
+
+
+def search_by_examples(run_id: str, object_ids: Sequence[str], k: int = 10,
+                       cfg: Config | None = None, *, each: bool = False) -> list[pd.DataFrame]:
+    """Objects most like a set of examples (their centroid), or like each of them."""
+    return Searcher(run_id, cfg).by_examples(object_ids, k, each=each)
+
+
+def search_by_cutout(run_id: str, path: str, k: int = 10, cfg: Config | None = None):
+    """Objects most like an external FITS cutout, embedded with the run's model."""
+    return Searcher(run_id, cfg).by_cutout(path, k)

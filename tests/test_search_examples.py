@@ -1,0 +1,42 @@
+"""Similarity search from examples: a set of object ids (their centroid, or each) and an
+external FITS cutout embedded with the run's own model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hyrax_mlops.errors import HyraxError
+from hyrax_mlops.search import Searcher
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_centroid_of_examples_leaves_them_out_and_each_gives_one_table(demo_store):
+    result, cfg = demo_store
+    searcher = Searcher(result["index"].run_id, cfg)
+    examples = ["XDF00002", "XDF00005", "XDF00009"]
+    (table,) = searcher.by_examples(examples, k=8)
+    assert len(table) == 8 and not set(table["object_id"]) & set(examples)
+    assert list(table["rank"]) == list(range(1, 9))
+    assert np.all(np.diff(table["distance"].to_numpy()) >= -1e-6)
+    centroid = searcher.index.get_vectors(examples).mean(axis=0)
+    direct = searcher.by_vector(centroid, 11)[0]
+    assert list(table["object_id"]) == [o for o in direct["object_id"] if o not in examples][:8]
+    each = searcher.by_examples(examples, k=3, each=True)
+    assert [t["object_id"].iloc[0] for t in each] == examples  # each finds itself first
+    with pytest.raises(HyraxError, match="NOPE"):
+        searcher.by_examples(["NOPE"], k=3)
+
+
+def test_an_external_fits_cutout_finds_its_own_galaxy(demo_store):
+    result, cfg = demo_store
+    searcher = Searcher(result["index"].run_id, cfg)
+    table = searcher.by_cutout(str(DATA / "xdf_fits/stamps/XDF00003.fits"), k=5)
+    assert table["object_id"].iloc[0] == "XDF00003"  # the same pixels: itself, at ~0
+    assert table["distance"].iloc[0] < 1e-5 < table["distance"].iloc[1]
+    assert "flux" in table.columns  # with its catalog row
+    with pytest.raises(HyraxError, match=r"takes \[3, 64, 64\]"):
+        searcher.by_cutout(str(DATA / "sky/a2744_group_f105w.fits"), k=5)
