@@ -113,6 +113,7 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
     from pathlib import Path
 
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
+    from hyrax_mlops.search import with_analysis_columns
 
     cfg = _cache_config(cache_dir)
     run = get_run(run_id, "reduce")
@@ -124,8 +125,10 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
         table = pd.read_parquet(path)
         table["row"] = row_of.loc[table["object_id"].astype(str)].to_numpy()
         maps[path.stem] = table.drop(columns="object_id")
-    return Reduction(run_id, maps, dataset.catalog, dataset.images,
-                     infer_run_id=run.data.tags.get(TAG_INPUT + "embeddings"))
+    infer_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
+    # outlier scores, clusters and matched reference labels of an analyse run: colour by them
+    catalog = with_analysis_columns(dataset.catalog, infer_run_id, cfg)
+    return Reduction(run_id, maps, catalog, dataset.images, infer_run_id=infer_run_id)
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)

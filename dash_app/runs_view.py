@@ -13,7 +13,8 @@ from dash.exceptions import PreventUpdate
 from dash_app.data import AppData
 from hyrax_mlops.tracking import TAG_STAGE, consumers, lineage
 
-STAGES = ["pipeline", "download", "ingest", "train", "infer", "index", "reduce"]
+STAGES = ["pipeline", "download", "ingest", "filter", "train", "tune", "infer", "index",
+          "reduce", "analyse", "peel"]
 BASE_COLUMNS = ["run_id", "run_name", "stage", "status", "start_time"]
 # four significant digits in the grid; the value itself (for sorting, filtering) is untouched
 NUMBER = {"function": "params.value == null ? '' : d3.format('.4~g')(params.value)"}

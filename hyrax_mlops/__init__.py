@@ -9,12 +9,15 @@ Heavy libraries (torch, mlflow, chromadb, umap) are imported only when a stage n
 __version__ = "0.1.0"
 
 from hyrax_mlops.api import (  # noqa: E402
+    analyse,
+    compare,
     download,
     index,
     infer,
     ingest,
     lineage,
     load_config,
+    peel,
     pipeline,
     reduce,
     register,
@@ -26,12 +29,15 @@ from hyrax_mlops.api import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "analyse",
+    "compare",
     "download",
     "ingest",
     "infer",
     "index",
     "lineage",
     "load_config",
+    "peel",
     "pipeline",
     "reduce",
     "register",

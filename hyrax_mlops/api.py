@@ -132,6 +132,49 @@ def reduce(config: ConfigLike = None, overrides: Overrides = None, *,
     return stage.run(cfg, embeddings or _embeddings(cfg), force=force)
 
 
+def analyse(config: ConfigLike = None, overrides: Overrides = None, *,
+            embeddings: str | None = None, map: str | None = None, force: bool = False):
+    """Outliers, clusters, crossmatch and latent quality of an infer run (`embeddings`,
+    default: made or reused from the config). `map` is a reduce run of the same infer run
+    whose 2D map is clustered (`analyse.cluster_on = "map"`) and scored; when clustering on a
+    map without one, the config's reduce run is made or reused."""
+    from hyrax_mlops.stages import analyse as stage
+    from hyrax_mlops.stages import reduce as reduce_stage
+
+    cfg = load_config(config, overrides)
+    stage.check(cfg)  # before any upstream run is made
+    infer_run = embeddings or _embeddings(cfg)
+    if map is None and cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
+        with upstream():
+            map = reduce_stage.run(cfg, infer_run).run_id
+    return stage.run(cfg, infer_run, reduce_run_id=map, force=force)
+
+
+_analyse = analyse  # `peel` names its argument after the stage
+
+
+def peel(config: ConfigLike = None, overrides: Overrides = None, *, analyse: str | None = None,
+         rounds: int = 1, remove: str | None = None, force: bool = False):
+    """Remove the top outliers of an analyse run (or, first, the ids in `remove`, e.g. a
+    selection exported from the app), retrain with the same config and analyse again,
+    `rounds` times; each round nested under one `peel` run."""
+    from hyrax_mlops.stages import peel as stage
+
+    cfg = load_config(config, overrides)
+    if analyse is None:
+        with upstream():
+            analyse = _analyse(cfg).run_id
+    return stage.run(cfg, analyse, rounds=rounds, remove_file=remove, force=force)
+
+
+def compare(runs: Iterable[str]):
+    """Infer (or analyse) runs ranked by latent quality (`quality.knn_purity`, then
+    `quality.silhouette`), with each model's val_loss beside: a DataFrame."""
+    from hyrax_mlops.ranking import compare_runs
+
+    return compare_runs(runs)
+
+
 def pipeline(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
     """Every stage, as nested runs of one parent run; unchanged stages are reused."""
     from hyrax_mlops.stages import pipeline as stage

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 from hyrax_mlops.errors import HyraxError
 
-STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "pipeline")
+STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "analyse",
+          "pipeline")
 _INPUTS = {
     "download": [("--resume", "continue this interrupted download run, fetching what is missing")],
     "train": [("--dataset", "dataset run id (default: make or reuse it from the config)"),
@@ -23,6 +24,10 @@ _INPUTS = {
               ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
     "index": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
     "reduce": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
+    "analyse": [("--embeddings", "infer run id (default: make or reuse it from the config)"),
+                ("--map", "reduce run id of the same infer run: its 2D map is clustered "
+                          "(analyse.cluster_on=map) and scored (default: none, or made from "
+                          "the config when clustering on the map)")],
 }
 
 
@@ -49,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--columns", default="", help="catalog columns to show, comma-separated")
     _config_args(p)
+    p = sub.add_parser("compare", help="rank infer (or analyse) runs by latent quality "
+                                       "(quality.knn_purity, then silhouette), val_loss beside")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="infer or analyse run ids")
+    p = sub.add_parser("peel", help="remove the top outliers (or a selection), retrain, "
+                                    "analyse again; N rounds nested under one run")
+    _config_args(p)
+    p.add_argument("--analyse", help="analyse run to start from (default: make or reuse it "
+                                     "from the config)")
+    p.add_argument("--remove", help="CSV/Parquet/FITS with object_id: remove these in round 1 "
+                                    "(e.g. a selection exported from the app)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of remove/retrain/analyse")
+    p.add_argument("--force", action="store_true", help="re-run even if a matching run exists")
     p = sub.add_parser("register", help="register a train/tune run's model in the MLflow "
                                         "Model Registry")
     p.add_argument("run_id", help="train or tune run id")
@@ -59,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved config")
     _config_args(p)
     sub.add_parser("list", help="list registered sources, models, backbones, augmentations, "
-                               "vector backends, reducers")
+                               "vector backends, reducers, analyses")
     p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
@@ -73,7 +90,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     import hyrax_mlops as hm
 
     kw = {"force": args.force}
-    for name in ("dataset", "train_run", "embeddings", "resume"):
+    for name in ("dataset", "train_run", "embeddings", "map", "resume"):
         if getattr(args, name, None):
             kw[name] = getattr(args, name)
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)
@@ -135,7 +152,34 @@ def _app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    import hyrax_mlops as hm
+
+    table = hm.compare(args.runs)
+    cols = ["rank", "run", "infer_run", "label", "knn_purity", "knn_purity_chance", "silhouette",
+            "map_knn_purity", "val_loss", "model_run"]
+    if (table["run"] == table["infer_run"]).all():
+        cols.remove("infer_run")
+    shown = table[cols].rename(columns={"knn_purity_chance": "chance"})
+    shown = shown.rename(columns=lambda c: c.replace("_", " "))
+    with pd.option_context("display.width", 250, "display.max_columns", 20,
+                           "display.float_format", "{:.4f}".format):
+        print(shown.to_string(index=False, na_rep="-"))
+    labels = set(table["label"].dropna()) - {""}
+    if len(labels) > 1:
+        print(f"note: these runs were scored against different labels ({', '.join(labels)}): "
+              "their purities are not comparable.")
+    if table["knn_purity"].isna().any():
+        print("note: runs without quality.knn_purity have not been analysed with \"quality\" "
+              "(hyrax-mlops analyse --embeddings RUN --set analyse.analyses=[quality] "
+              "--set analyse.label_column=COLUMN).")
+    return 0
+
+
 def _list() -> int:
+    from hyrax_mlops.analysis.analyses import ANALYSES
     from hyrax_mlops.analysis.reducers import REDUCERS
     from hyrax_mlops.data.augment import AUGMENTATIONS
     from hyrax_mlops.models import MODELS
@@ -145,7 +189,7 @@ def _list() -> int:
 
     for title, reg in (("sources", SOURCES), ("models", MODELS), ("backbones", BACKBONES),
                        ("augmentations", AUGMENTATIONS), ("vector backends", VECTOR_BACKENDS),
-                       ("reducers", REDUCERS)):
+                       ("reducers", REDUCERS), ("analyses", ANALYSES)):
         print(f"{title}: {', '.join(reg.names())}")
     return 0
 
@@ -157,10 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_stage(args)
         if args.command == "search":
             return _search(args)
+        if args.command == "compare":
+            return _compare(args)
         if args.command == "lineage":
             import hyrax_mlops as hm
 
             print(hm.lineage(args.run_id))
+            return 0
+        if args.command == "peel":
+            import hyrax_mlops as hm
+
+            print(hm.peel(args.config, args.overrides, analyse=args.analyse,
+                          rounds=args.rounds, remove=args.remove, force=args.force))
             return 0
         if args.command == "register":
             from hyrax_mlops.model_registry import register
@@ -181,13 +233,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entrypoint(stage: str, argv: Sequence[str] | None = None) -> int:
-    """MLproject entry point: `--config`, `--overrides "a.b=1 c.d=2"`, `--force true|false`."""
+    """MLproject entry point: `--config`, `--overrides "a.b=1 c.d=2"`, `--force true|false`
+    (and, for analyse, `--embeddings RUN` / `--map RUN`, "" = from the config)."""
     p = argparse.ArgumentParser(prog=f"entrypoints/{stage}.py")
     p.add_argument("--config", default="")
     p.add_argument("--overrides", default="")
     p.add_argument("--force", default="false")
+    p.add_argument("--embeddings", default="", help="analyse: infer run id")
+    p.add_argument("--map", default="", help="analyse: reduce run id")
     args = p.parse_args(argv)
     cli = [stage]
+    for name in ("embeddings", "map"):
+        if getattr(args, name):
+            cli += [f"--{name}", getattr(args, name)]
     for item in shlex.split(args.overrides.replace(";", " ")):
         cli += ["--set", item]
     if args.config:

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hyrax_mlops.errors import ConfigError
 
@@ -276,6 +283,68 @@ class ReduceConfig(_Section):
         return v
 
 
+class AnalyseConfig(_Section):
+    """What `analyse` computes from an infer run: outliers, clusters, crossmatch, quality."""
+
+    analyses: list[str] = ["outliers", "clusters"]
+    seed: int = 42
+    # outliers
+    outlier_methods: list[Literal["auto", "knn", "lof", "iforest", "recon"]] = ["auto"]
+    outlier_k: int = Field(10, ge=1)
+    top_fraction: float = Field(0.05, gt=0, le=1)
+    gallery: int = Field(25, ge=0)
+    # clusters
+    cluster_method: Literal["hdbscan", "dbscan"] = "hdbscan"
+    cluster_on: Literal["latent", "map", "catalog"] = "latent"
+    cluster_columns: list[str] = []
+    cluster_umap_first: bool = False
+    min_cluster_size: int = Field(10, ge=2)
+    eps: float = Field(0.5, gt=0)
+    min_samples: int = Field(5, ge=1)
+    # crossmatch
+    reference: str = ""
+    reference_ra: str = Field("ra", min_length=1)
+    reference_dec: str = Field("dec", min_length=1)
+    match_radius_arcsec: float = Field(1.0, gt=0)
+    match_method: Literal["nearest", "greedy"] = "nearest"
+    reference_label: str = ""
+    reference_mag: str = ""
+    catalog_mag: str = ""
+    # quality
+    label_column: str = ""
+    quality_k: int = Field(10, ge=1)
+
+    @field_validator("analyses", "outlier_methods", "cluster_columns")
+    @classmethod
+    def _unique(cls, v: list[str], info) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"{info.field_name} repeats a name: {v}")
+        if info.field_name != "cluster_columns" and not v:
+            raise ValueError(f"{info.field_name} needs at least one name")
+        return v
+
+    @field_validator("outlier_methods")
+    @classmethod
+    def _auto_alone(cls, v: list[str]) -> list[str]:
+        if "auto" in v and len(v) > 1:
+            raise ValueError('"auto" chooses the methods itself: use it alone, or list methods')
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnalyseConfig:
+        if self.cluster_on == "catalog" and not self.cluster_columns:
+            raise ValueError('cluster_on = "catalog" needs analyse.cluster_columns, the catalog '
+                             'columns to cluster on, e.g. ["ra", "dec", "redshift"]')
+        if self.cluster_umap_first and self.cluster_on != "catalog":
+            raise ValueError('analyse.cluster_umap_first applies to cluster_on = "catalog" '
+                             "only (a map is already 2D; set cluster_on = \"map\" for UMAP of "
+                             "the latent space)")
+        if self.catalog_mag and not self.reference_mag:
+            raise ValueError("analyse.catalog_mag is compared with the reference's magnitude: "
+                             "set analyse.reference_mag too")
+        return self
+
+
 class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
@@ -289,6 +358,7 @@ class Config(_Section):
     infer: InferConfig = InferConfig()
     index: IndexConfig = IndexConfig()
     reduce: ReduceConfig = ReduceConfig()
+    analyse: AnalyseConfig = AnalyseConfig()
 
     def section_hash(self, sections: Iterable[str]) -> str:
         """A short, stable hash of the named sections: the identity of a stage's settings."""
@@ -426,8 +496,9 @@ def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
                 f"(valid keys in {where}: {', '.join(valid)})"
             )
         else:
-            given = err.get("input")
-            lines.append(f"config key '{key}': {err['msg']} (got {given!r})")
+            given = err.get("input")  # a whole table (a check across keys) is not repeated
+            got = "" if isinstance(given, Mapping) else f" (got {given!r})"
+            lines.append(f"config key '{key}': {err['msg']}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

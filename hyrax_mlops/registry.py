@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plural: str | None = None) -> None:
         self.kind = kind
+        self.group = f"hyrax_mlops.{plural or kind + 's'}"  # entry-point group of plugins
         self._items: dict[str, T] = {}
         self._plugins_loaded = False
 
@@ -61,7 +62,7 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for ep in entry_points(group=f"hyrax_mlops.{self.kind}s"):
+        for ep in entry_points(group=self.group):
             try:
                 self._items.setdefault(ep.name, ep.load())
             except Exception as exc:  # a broken plugin must not break the platform

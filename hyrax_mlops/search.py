@@ -28,6 +28,31 @@ from hyrax_mlops.tracking import (
 )
 
 
+def with_analysis_columns(catalog: pd.DataFrame, embeddings_run_id: str | None,
+                          cfg: Config) -> pd.DataFrame:
+    """`catalog` plus the per-object columns (outlier score, cluster, reference label, ...)
+    of the newest finished analyse run of these embeddings, when there is one."""
+    from mlflow.tracking import MlflowClient
+
+    if not embeddings_run_id:
+        return catalog
+    exp = get_run(embeddings_run_id).info.experiment_id
+    found = MlflowClient().search_runs(
+        [exp], f"tags.`{TAG_STAGE}` = 'analyse' AND "
+        f"tags.`{TAG_INPUT}embeddings` = '{embeddings_run_id}' AND "
+        "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+        max_results=1)
+    if not found:
+        return catalog
+    try:
+        path = fetch_artifacts(found[0].info.run_id, "analysis/columns.parquet", cfg)
+    except Exception:  # an analyse run without per-object columns
+        return catalog
+    extra = pd.read_parquet(path)
+    extra["object_id"] = extra["object_id"].astype(str)
+    return catalog.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))
+
+
 def _index_runs(run_id: str) -> list:
     """Index runs that could serve `run_id`, best first."""
     run = get_run(run_id)
@@ -76,30 +101,7 @@ class Searcher:
         self.embeddings_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
         dataset = input_run(run, "dataset")
         self.catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, self.cfg)).catalog
-        extra = self._analysis_columns()
-        if extra is not None:
-            self.catalog = self.catalog.merge(extra, on="object_id", how="left",
-                                              suffixes=("", "_analysis"))
-
-    def _analysis_columns(self) -> pd.DataFrame | None:
-        """Per-object columns of the newest finished analyse run of these embeddings."""
-        from mlflow.tracking import MlflowClient
-
-        if not self.embeddings_run_id:
-            return None
-        exp = get_run(self.embeddings_run_id).info.experiment_id
-        found = MlflowClient().search_runs(
-            [exp], f"tags.`{TAG_STAGE}` = 'analyse' AND "
-            f"tags.`{TAG_INPUT}embeddings` = '{self.embeddings_run_id}' AND "
-            "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-            max_results=1)
-        if not found:
-            return None
-        try:
-            path = fetch_artifacts(found[0].info.run_id, "analysis/columns.parquet", self.cfg)
-        except Exception:  # an analyse run without per-object columns
-            return None
-        return pd.read_parquet(path)
+        self.catalog = with_analysis_columns(self.catalog, self.embeddings_run_id, self.cfg)
 
     def by_vector(self, vectors: np.ndarray, k: int = 10) -> list[pd.DataFrame]:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))

@@ -31,6 +31,7 @@ TAG_REUSED = "hyrax.reused."  # on a pipeline run: "true" where the stage run wa
 TAG_LAUNCHED = "hyrax.launcher_for"  # on an `mlflow run` run whose stage was reused
 TAG_ERROR = "hyrax.error"
 CONFIG_ARTIFACT = "config/hyrax.toml"
+DATASET_STAGES = ("download", "ingest", "filter")  # the stages whose runs are datasets
 
 # `mlflow run` hands its run to the entry point as MLFLOW_RUN_ID, and MLflow deletes that
 # variable once a run has been started: remember it for the life of the process.

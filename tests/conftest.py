@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -71,4 +72,14 @@ def demo(demo_dir):
 def demo_store(demo, demo_dir):
     """Inside the demo pipeline's store: yields (PipelineResult, Config)."""
     with in_store(demo_dir):
+        yield demo
+
+
+@pytest.fixture
+def demo_sandbox(demo, demo_dir, tmp_path):
+    """The demo pipeline's runs in a private copy of its tracking store, for tests that add
+    runs (analyses, peels, registrations): what they add never shows in the shared store that
+    other tests (the app's) read. Artifacts of the demo runs are read where they are."""
+    shutil.copy(demo_dir / "mlflow.db", tmp_path / "mlflow.db")
+    with in_store(tmp_path):
         yield demo

@@ -72,6 +72,13 @@ def test_model_arguments_are_checked_against_the_model_signature():
     (["ingest", "--set", "ingest.cutouts_dir=/nowhere", "--set", "ingest.catalog=/none.csv"],
      "ingest.cutouts_dir"),
     (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.catalog' is required"),
+    (["analyse", "--set", "analyse.analyses=[outliers,clustres]"],
+     "no analysis named 'clustres'. Did you mean 'clusters'? Registered: clusters, crossmatch, "
+     "outliers, quality"),
+    (["analyse", "--set", "analyse.analyses=[quality]"], "analyse.label_column' is required"),
+    (["analyse", "--set", "analyse.analyses=[crossmatch]"], "analyse.reference' is required"),
+    (["analyse", "--set", "analyse.analyses=[quality]", "--set", "analyse.label_column=ref_label"],
+     "list \"crossmatch\" before \"quality\""),
 ])
 def test_cli_fails_before_any_run_exists(store, capsys, argv, message):
     assert main(argv) == 2

@@ -28,8 +28,8 @@ def embeddings_of(run_id: str) -> pd.DataFrame:
 
 
 @pytest.fixture
-def champion(demo_store):
-    result, cfg = demo_store
+def champion(demo_sandbox):
+    result, cfg = demo_sandbox
     reg = hm.register(result["train"].run_id, "xdf-autoencoder", alias="champion")
     return reg, result, cfg
 

@@ -14,16 +14,21 @@ _READERS = {
 }
 
 
-def read_catalog(path: Path) -> pd.DataFrame:
-    """The catalog with `object_id` as strings; duplicates and a missing column are errors."""
+def read_table(path: Path) -> pd.DataFrame:
+    """Any CSV, Parquet or FITS table (e.g. a reference catalog to crossmatch with)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in {".fits", ".fit", ".fts"} or path.name.lower().endswith(".fits.gz"):
-        df = _read_fits_table(path)
-    elif suffix in _READERS:
-        df = _READERS[suffix](path)
-    else:
-        raise DataError(f"catalog '{path}' is not .csv, .parquet or .fits: cannot read it.")
+        return _read_fits_table(path)
+    if suffix in _READERS:
+        return _READERS[suffix](path)
+    raise DataError(f"catalog '{path}' is not .csv, .parquet or .fits: cannot read it.")
+
+
+def read_catalog(path: Path) -> pd.DataFrame:
+    """The catalog with `object_id` as strings; duplicates and a missing column are errors."""
+    path = Path(path)
+    df = read_table(path)
     if "object_id" not in df.columns:
         cols = ", ".join(map(str, df.columns))
         raise DataError(f"catalog '{path}' has no 'object_id' column (columns: {cols}). "

@@ -36,3 +36,21 @@ def embed_all(model: torch.nn.Module, loader, device: str = "cpu"
                 prob_chunks.append(probs.float().cpu().numpy())
     emb = np.concatenate(chunks).astype(np.float32)
     return emb, (np.concatenate(prob_chunks).astype(np.float32) if prob_chunks else None)
+
+
+def can_reconstruct(model: torch.nn.Module) -> bool:
+    return callable(getattr(model, "reconstruct", None))
+
+
+def reconstruction_errors(model: torch.nn.Module, loader, device: str = "cpu") -> np.ndarray:
+    """float64 (n,) mean squared error of each object's reconstruction, in the model's
+    normalised pixel units, in the loader's order (models with a `reconstruct` method)."""
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    errors = []
+    with torch.no_grad():
+        for batch in tqdm(prefetch(loader), desc="reconstruct", unit="batch", total=len(loader)):
+            batch = to_device(batch, dev)
+            diff = model.reconstruct(batch) - batch["image"]
+            errors.append(diff.float().pow(2).flatten(1).mean(1).cpu().numpy())
+    return np.concatenate(errors).astype(np.float64)

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError, LineageError
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
+from hyrax_mlops.tracking import (
+    DATASET_STAGES,
+    StageRun,
+    StageSpec,
+    get_run,
+    input_run,
+    run_stage,
+)
 
 SECTIONS = ("infer",)
 EMBEDDINGS = "embeddings.parquet"
@@ -37,7 +44,7 @@ def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | N
     source_run = info.run_id
     if dataset_run_id is None:
         dataset_run_id = input_run(get_run(source_run, "train"), "dataset")
-    get_run(dataset_run_id, ("download", "ingest"))
+    get_run(dataset_run_id, DATASET_STAGES)
     spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset_run_id, "model": source_run},
                      fingerprint=info.model_id)
 

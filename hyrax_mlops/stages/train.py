@@ -6,11 +6,10 @@ import tempfile
 from pathlib import Path
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, run_stage
+from hyrax_mlops.tracking import DATASET_STAGES, StageRun, StageSpec, get_run, run_stage
 
 SECTIONS = ("data", "model", "train")
 LAST = "checkpoints/last.pt"  # everything needed to continue, after every epoch
-DATASET_STAGES = ("download", "ingest")
 _RECON_EXAMPLES = 8
 
 

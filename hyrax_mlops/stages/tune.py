@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, run_stage
+from hyrax_mlops.tracking import DATASET_STAGES, StageRun, StageSpec, get_run, run_stage
 
 SECTIONS = ("data", "model", "train", "tune")
 
@@ -22,7 +22,7 @@ def check(cfg: Config) -> None:
 def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
     check(cfg)
-    get_run(dataset_run_id, ("download", "ingest"))
+    get_run(dataset_run_id, DATASET_STAGES)
     spec = StageSpec("tune", SECTIONS, inputs={"dataset": dataset_run_id})
     return run_stage(spec, cfg, lambda run_id: _tune(cfg, dataset_run_id, run_id), force=force,
                      parent_run_id=parent_run_id)

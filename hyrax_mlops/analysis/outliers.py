@@ -1,0 +1,120 @@
+"""Outlier scores of the latent space: kNN distance, local outlier factor, isolation forest;
+and, for models that reconstruct their input, the reconstruction error ("recon"), which the
+`analyse` stage computes and hands over as the per-object column `reconstruction_error`.
+
+Each score is turned into its rank, normalised to [0, 1] (1 = the most outlying object), so
+scores on different scales can be averaged: `outlier_score` is the mean of the methods'
+ranks, and `rank` orders objects by it (1 = the strongest outlier).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
+from hyrax_mlops.errors import ConfigError
+
+OUTLIERS_TABLE = "analysis/outliers.parquet"
+GALLERY = "plots/outlier_gallery.png"
+
+
+def knn_distance(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Mean Euclidean distance of each point to its k nearest other points."""
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, _ = NearestNeighbors(n_neighbors=min(k, len(x) - 1)).fit(x).kneighbors()
+    return dist.mean(axis=1)  # kneighbors() without X leaves each point out of its own list
+
+
+def lof(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Local outlier factor (Breunig et al. 2000): density of a point against its neighbours'."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    model = LocalOutlierFactor(n_neighbors=min(k, len(x) - 1)).fit(x)
+    return -model.negative_outlier_factor_
+
+
+def iforest(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Isolation forest (Liu et al. 2008): points isolated by few random splits score high."""
+    from sklearn.ensemble import IsolationForest
+
+    model = IsolationForest(n_estimators=200, random_state=seed).fit(x)
+    return -model.score_samples(x)
+
+
+METHODS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "knn": knn_distance, "lof": lof, "iforest": iforest,
+}
+PRECOMPUTED = {"recon": "reconstruction_error"}  # method -> the per-object column it reads
+
+
+def rank_normalise(score: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1]: 0 for the lowest score, 1 for the highest (ties share a rank;
+    a missing score ranks lowest)."""
+    from scipy.stats import rankdata
+
+    if len(score) < 2:
+        return np.zeros(len(score))
+    score = np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf)
+    return (rankdata(score, method="average") - 1) / (len(score) - 1)
+
+
+def outlier_table(ids: np.ndarray, x: np.ndarray, methods: list[str], k: int, seed: int,
+                  top_fraction: float, given: dict[str, np.ndarray] | None = None
+                  ) -> pd.DataFrame:
+    """object_id, <method>_score and <method>_rank per method, outlier_score, rank, is_outlier;
+    sorted by rank. `given` holds scores computed elsewhere, by method name."""
+    table = pd.DataFrame({"object_id": ids})
+    for name in methods:
+        score = given[name] if given and name in given else METHODS[name](x, k, seed)
+        table[f"{name}_score"] = score
+        table[f"{name}_rank"] = rank_normalise(score)
+    table["outlier_score"] = table[[f"{m}_rank" for m in methods]].mean(axis=1)
+    order = np.argsort(-table["outlier_score"].to_numpy(), kind="stable")
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[order] = np.arange(1, len(table) + 1)
+    table["rank"] = rank
+    table["is_outlier"] = rank <= math.ceil(top_fraction * len(table))
+    return table.sort_values("rank").reset_index(drop=True)
+
+
+@ANALYSES.register("outliers")
+def outliers(ctx: AnalysisContext) -> AnalysisResult:
+    cfg = ctx.cfg
+    if len(ctx.ids) < 3:
+        return AnalysisResult(notes=[f"outliers: {len(ctx.ids)} objects are too few to score"])
+    given = {}
+    for method, column in PRECOMPUTED.items():
+        if method in cfg.outlier_methods:
+            values = ctx.column(column)
+            if values is None:
+                raise ConfigError(f"config key 'analyse.outlier_methods': \"{method}\" needs "
+                                  f"the per-object column '{column}', which nothing made")
+            given[method] = values.to_numpy(dtype=float)
+    table = outlier_table(ctx.ids, ctx.vectors, cfg.outlier_methods, cfg.outlier_k, cfg.seed,
+                          cfg.top_fraction, given)
+    by_id = table.set_index("object_id").loc[ctx.ids]
+    result = AnalysisResult(
+        tables={OUTLIERS_TABLE: table},
+        metrics={"outliers.n_flagged": int(table["is_outlier"].sum())},
+        columns={"outlier_score": by_id["outlier_score"].to_numpy(),
+                 "outlier_rank": by_id["rank"].to_numpy(),
+                 "is_outlier": by_id["is_outlier"].to_numpy()},
+    )
+    if cfg.gallery and ctx.images is not None:
+        from hyrax_mlops.analysis.gallery import cutout_grid
+
+        top = table.head(cfg.gallery)
+        row_of = pd.Series(np.arange(len(ctx.ids)), index=ctx.ids)
+        cubes = ctx.images(row_of.loc[top["object_id"]].to_numpy())
+        titles = [f"#{r} {oid}\n{s:.3f}" for r, oid, s in
+                  zip(top["rank"], top["object_id"], top["outlier_score"], strict=True)]
+        result.figures[GALLERY] = cutout_grid(cubes, titles,
+                                              f"Top {len(top)} outliers (outlier_score)")
+    elif cfg.gallery:
+        result.notes.append("outliers: no gallery, the dataset's pixels are not stored")
+    return result

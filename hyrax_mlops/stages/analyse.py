@@ -1,0 +1,283 @@
+"""`analyse`: outliers, clusters, crossmatch and latent quality of an infer run, as one run.
+
+Artifacts: one table per analysis under `analysis/` (Parquet keyed by object_id, summaries as
+CSV), plots under `plots/`, and `analysis/columns.parquet`, every per-object column the
+analyses made (outlier_score, cluster, ref_label, ...) in one row per object. Quality metrics
+(`quality.*`) are also logged on the infer run they evaluate, so infer runs sort by them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
+from hyrax_mlops.config import Config, require_path
+from hyrax_mlops.errors import ConfigError, LineageError
+from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
+
+SECTIONS = ("analyse",)
+COLUMNS = "analysis/columns.parquet"
+QUALITY = "quality."
+TAG_MAP = "hyrax.analyse.map"
+TAG_NOTES = "hyrax.analyse.notes"
+TAG_QUALITY_RUN = "hyrax.quality.analyse_run"  # on an infer run: where its quality.* came from
+TAG_QUALITY_LABEL = "hyrax.quality.label"
+CROSSMATCH_LABEL = "ref_label"
+
+
+def check(cfg: Config) -> Path | None:
+    """Names, keys and paths, before any run exists; the reference catalog if one is used."""
+    a = cfg.analyse
+    for name in a.analyses:
+        try:
+            ANALYSES.get(name)
+        except KeyError as exc:
+            raise ConfigError(f"config key 'analyse.analyses': {exc}") from None
+    if "quality" in a.analyses and not a.label_column:
+        raise ConfigError("config key 'analyse.label_column' is required for the \"quality\" "
+                          "analysis. Fix: --set analyse.label_column=COLUMN (a catalog column, "
+                          "or ref_label from a crossmatch)")
+    if "quality" in a.analyses and a.label_column == CROSSMATCH_LABEL:
+        before = a.analyses[:a.analyses.index("quality")]
+        if "crossmatch" not in before or not a.reference_label:
+            raise ConfigError("config key 'analyse.label_column' = 'ref_label' is the label a "
+                              "crossmatch carries over: list \"crossmatch\" before \"quality\" "
+                              "in analyse.analyses and set analyse.reference_label")
+    if "crossmatch" in a.analyses:
+        return require_path(cfg, "analyse.reference", "file")
+    return None
+
+
+def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
+        force: bool = False, parent_run_id: str | None = None) -> StageRun:
+    from hyrax_mlops.data.dataset import sha256_file
+
+    reference = check(cfg)
+    infer = get_run(infer_run_id, "infer")
+    cfg = resolve_auto_methods(cfg, infer)
+    dataset_run_id = input_run(infer, "dataset")
+    inputs = {"embeddings": infer_run_id, "dataset": dataset_run_id}
+    if reduce_run_id:
+        if input_run(get_run(reduce_run_id, "reduce"), "embeddings") != infer_run_id:
+            raise LineageError(f"reduce run '{reduce_run_id}' mapped other embeddings than "
+                               f"infer run '{infer_run_id}': pass a reduce run of that infer run.")
+        inputs["map"] = reduce_run_id
+    elif cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
+        raise ConfigError("config key 'analyse.cluster_on' = \"map\" needs a reduce run: pass "
+                          "--map RUN (map= in Python), or cluster on \"latent\"")
+    dataset = _dataset(cfg, dataset_run_id)
+    _check_columns(cfg, dataset.catalog)
+    model = _reconstructing_model(cfg, infer)
+    table = _reference(cfg, reference)
+    spec = StageSpec("analyse", SECTIONS, inputs=inputs,
+                     fingerprint=sha256_file(reference) if reference else None)
+
+    def body(run_id: str) -> dict[str, str]:
+        return _analyse(cfg, infer_run_id, dataset_run_id, dataset, reduce_run_id, model,
+                        table)
+
+    result = run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
+    publish_quality(result.run_id, infer_run_id)
+    return result
+
+
+def _dataset(cfg: Config, dataset_run_id: str):
+    from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    return Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg))
+
+
+def _check_columns(cfg: Config, catalog) -> None:
+    """Catalog columns the config names exist (a typo fails here, not after the work)."""
+    import difflib
+
+    a = cfg.analyse
+    wanted: list[tuple[str, str]] = []
+    if "clusters" in a.analyses and a.cluster_on == "catalog":
+        wanted += [("cluster_columns", c) for c in a.cluster_columns]
+    if "quality" in a.analyses and a.label_column != CROSSMATCH_LABEL:
+        wanted.append(("label_column", a.label_column))
+    if "crossmatch" in a.analyses and a.catalog_mag:
+        wanted.append(("catalog_mag", a.catalog_mag))
+    for key, col in wanted:
+        if col not in catalog.columns:
+            close = difflib.get_close_matches(col, list(map(str, catalog.columns)), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config key 'analyse.{key}': '{col}' is not a catalog column."
+                              f"{hint} (columns: {', '.join(map(str, catalog.columns))})")
+
+
+def _reference(cfg: Config, path: Path | None):
+    """The reference catalog, its columns checked before any run exists (None: no crossmatch)."""
+    if path is None:
+        return None
+    from hyrax_mlops.analysis.crossmatch import read_reference
+
+    a = cfg.analyse
+    return read_reference(path, a.reference_ra, a.reference_dec, a.reference_label,
+                          a.reference_mag)
+
+
+def resolve_auto_methods(cfg: Config, infer) -> Config:
+    """`outlier_methods = ["auto"]`: the reconstruction error for a model that reconstructs
+    its input (on injected artefacts the latent-space scores found none), else the latent
+    kNN, LOF and isolation-forest scores."""
+    a = cfg.analyse
+    if "outliers" not in a.analyses or a.outlier_methods != ["auto"]:
+        return cfg
+    from hyrax_mlops.engine.bundle import load_bundle
+    from hyrax_mlops.engine.inference import can_reconstruct
+
+    recon = can_reconstruct(load_bundle(infer.data.tags.get("hyrax.model_uri", "")).model)
+    methods = ["recon"] if recon else ["knn", "lof", "iforest"]
+    return cfg.model_copy(update={"analyse": a.model_copy(update={"outlier_methods": methods})})
+
+
+def _reconstructing_model(cfg: Config, infer):
+    """The infer run's model, when the "recon" outlier score needs it (else None)."""
+    a = cfg.analyse
+    if "outliers" not in a.analyses or "recon" not in a.outlier_methods:
+        return None
+    from hyrax_mlops.engine.bundle import load_bundle
+    from hyrax_mlops.engine.inference import can_reconstruct
+
+    uri = infer.data.tags.get("hyrax.model_uri", "")
+    loaded = load_bundle(uri)
+    if not can_reconstruct(loaded.model):
+        raise ConfigError(f"config key 'analyse.outlier_methods': \"recon\" needs a model "
+                          f"with a reconstruct() method; '{loaded.spec['name']}' ({uri}) has "
+                          "none. Fix: drop \"recon\" from analyse.outlier_methods")
+    return loaded
+
+
+def reconstruction_errors(cfg: Config, loaded, dataset_run_id: str, ids):
+    """Each object's reconstruction error (model-normalised pixels), in the order of `ids`."""
+    import pandas as pd
+
+    from hyrax_mlops.data.provider import DataProvider
+    from hyrax_mlops.engine.inference import reconstruction_errors as errors
+
+    provider = DataProvider(dataset_run_id, cfg, normalizer=loaded.normalizer)
+    loader = provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False)
+    values = errors(loaded.model, loader, cfg.infer.device)
+    order = provider.catalog["object_id"].astype(str).to_numpy()
+    return pd.Series(values, index=order).reindex(ids).to_numpy()
+
+
+def read_map(cfg: Config, reduce_run_id: str):
+    """(object_ids, (n, 2) coordinates, name) of a reduce run's first 2D map."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    params = mlflow.get_run(reduce_run_id).data.params
+    methods = json.loads(params.get("reduce.methods", "[]"))
+    if 2 not in json.loads(params.get("reduce.dims", "[2]")):
+        raise LineageError(f"reduce run '{reduce_run_id}' made no 2D map (reduce.dims = "
+                           f"{params.get('reduce.dims')}): use one made with reduce.dims "
+                           "including 2.")
+    for method in methods:
+        try:
+            path = fetch_artifacts(reduce_run_id, f"reductions/{method}_2d.parquet", cfg)
+        except Exception:
+            continue
+        table = pd.read_parquet(path)
+        return (table["object_id"].astype(str).to_numpy(), table[["x", "y"]].to_numpy(),
+                f"{method.upper()} 2D")
+    raise LineageError(f"reduce run '{reduce_run_id}' holds no reductions/*_2d.parquet.")
+
+
+def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
+             reduce_run_id: str | None, model, reference):
+    import matplotlib.pyplot as plt
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    ids, vectors = read_embeddings(infer_run_id, cfg)
+    catalog = dataset.catalog.assign(object_id=dataset.catalog["object_id"].astype(str))
+    rows = pd.Series(np.arange(len(catalog)), index=catalog["object_id"]).loc[ids].to_numpy()
+    ctx = AnalysisContext(cfg.analyse, ids, vectors, catalog.iloc[rows].reset_index(drop=True),
+                          reference=reference)
+    if reduce_run_id:
+        map_ids, xy, ctx.map_name = read_map(cfg, reduce_run_id)
+        found = pd.DataFrame(xy, index=map_ids).reindex(ids)
+        if found.isna().any(axis=None):
+            raise LineageError(f"reduce run '{reduce_run_id}' has no map position for some "
+                               "embedded objects.")
+        ctx.map = found.to_numpy()
+        mlflow.set_tag(TAG_MAP, ctx.map_name)
+    if dataset.shape and not dataset.streamed:  # pixels on disk: galleries can show them
+        ctx.images = lambda local: dataset.images(rows[np.asarray(local)])
+    if model is not None:
+        start = time.perf_counter()
+        ctx.columns["reconstruction_error"] = reconstruction_errors(cfg, model,
+                                                                    dataset_run_id, ids)
+        mlflow.log_metric("reconstruction_seconds", time.perf_counter() - start)
+
+    outputs: dict[str, str] = {}
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="hyrax-analyse-") as tmp:
+        for name in cfg.analyse.analyses:
+            start = time.perf_counter()
+            result = ANALYSES.get(name)(ctx)
+            for path, table in result.tables.items():
+                outputs[Path(path).with_suffix("").as_posix()] = path
+                _log_table(table, path, Path(tmp))
+            for path, fig in result.figures.items():
+                mlflow.log_figure(fig, path)
+                plt.close(fig)
+                outputs[Path(path).with_suffix("").as_posix()] = path
+            mlflow.log_metrics({**result.metrics,
+                                f"{name}_seconds": time.perf_counter() - start})
+            for column, values in result.columns.items():
+                ctx.columns[column] = values
+            for note in result.notes:
+                say(note)
+            notes += result.notes
+        _log_table(ctx.columns, COLUMNS, Path(tmp))
+        outputs["analysis/columns"] = COLUMNS
+    if notes:
+        mlflow.set_tag(TAG_NOTES, "; ".join(notes)[:4000])
+    mlflow.log_metric("n_objects", len(ids))
+    return outputs
+
+
+def _log_table(table, path: str, tmp: Path) -> None:
+    import mlflow
+
+    local = tmp / path
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if local.suffix == ".csv":
+        table.to_csv(local, index=False)
+    else:
+        table.to_parquet(local, index=False)
+    mlflow.log_artifact(str(local), str(Path(path).parent))
+
+
+def publish_quality(analyse_run_id: str, infer_run_id: str) -> None:
+    """Copy an analyse run's quality.* metrics onto the infer run it evaluated (the latest
+    evaluation wins), with tags saying which run and which labels they came from."""
+    import mlflow
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    run = mlflow.get_run(analyse_run_id)
+    quality = {k: v for k, v in run.data.metrics.items() if k.startswith(QUALITY)}
+    if not quality:
+        return
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        infer_run_id,
+        metrics=[Metric(k, v, now, 0) for k, v in quality.items()],
+        tags=[RunTag(TAG_QUALITY_RUN, analyse_run_id),
+              RunTag(TAG_QUALITY_LABEL, run.data.params.get("analyse.label_column", ""))],
+    )
