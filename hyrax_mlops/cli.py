@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--id", help="object_id to search from")
     group.add_argument("--vector", help=".npy file holding one embedding vector")
+    group.add_argument("--ids", help="comma-separated object_ids: objects most like these "
+                                     "(their centroid; --each for one table per id)")
+    group.add_argument("--fits", help="a FITS cutout, embedded with the run's own model")
+    p.add_argument("--each", action="store_true", help="with --ids: neighbours of each id")
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--columns", default="", help="catalog columns to show, comma-separated")
     _config_args(p)
@@ -123,17 +127,25 @@ def _search(args: argparse.Namespace) -> int:
     import pandas as pd
 
     import hyrax_mlops as hm
+    from hyrax_mlops.search import Searcher
 
+    cfg = hm.load_config(args.config, args.overrides)
+    searcher = Searcher(args.run, cfg)
     if args.id:
-        table = hm.search_by_id(args.run, args.id, args.k, args.config)
+        tables = searcher.by_id([args.id], args.k)
+    elif args.ids:
+        tables = searcher.by_examples([i.strip() for i in args.ids.split(",") if i.strip()],
+                                      args.k, each=args.each)
+    elif args.fits:
+        tables = [searcher.by_cutout(args.fits, args.k)]
     else:
-        vector = np.load(args.vector, allow_pickle=False)
-        table = hm.search_by_vector(args.run, vector, args.k, args.config)
+        tables = searcher.by_vector(np.load(args.vector, allow_pickle=False), args.k)
     cols = ["rank", "object_id", "distance"]
-    extra = [c for c in args.columns.split(",") if c] or [
-        c for c in table.columns if c not in cols][:4]
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
+    for table in tables:
+        extra = [c for c in args.columns.split(",") if c] or [
+            c for c in table.columns if c not in cols][:4]
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
     return 0
 
 

@@ -40,3 +40,20 @@ def test_an_external_fits_cutout_finds_its_own_galaxy(demo_store):
     assert "flux" in table.columns  # with its catalog row
     with pytest.raises(HyraxError, match=r"takes \[3, 64, 64\]"):
         searcher.by_cutout(str(DATA / "sky/a2744_group_f105w.fits"), k=5)
+
+
+def test_the_cli_searches_from_examples_and_from_a_fits_file(demo_store, capsys):
+    from hyrax_mlops.cli import main
+
+    result, _ = demo_store
+    index = result["index"].run_id
+    assert main(["search", "--run", index, "--ids", "XDF00002,XDF00005", "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "XDF00002" not in out and "XDF00005" not in out and out.count("\n") == 4
+    assert main(["search", "--run", index, "--ids", "XDF00002,XDF00005", "--each",
+                 "-k", "2"]) == 0
+    assert capsys.readouterr().out.count("object_id") == 2  # one table per example
+    fits = str(DATA / "xdf_fits/stamps/XDF00003.fits")
+    assert main(["search", "--run", index, "--fits", fits, "-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[1] == "XDF00003"
