@@ -40,6 +40,7 @@ class TrackingConfig(_Section):
 
 class PipelineConfig(_Section):
     dataset: Literal["download", "ingest"] = "download"
+    analyse: bool = False
 
 
 class HSCConfig(_Section):

@@ -72,3 +72,14 @@ def test_a_selection_file_is_removed_in_the_first_round(demo_sandbox, tmp_path: 
     assert list(rounds["removed"]) == [3] and rounds["reason"][0] == "selection file"
     ids = set(table(rounds["dataset"][0], "dataset/catalog.parquet")["object_id"])
     assert len(ids) == 297 and not ids & {"XDF00001", "XDF00002", "XDF00007"}
+
+
+def test_the_pipeline_can_end_with_an_analysis(demo_sandbox):
+    result, cfg = demo_sandbox
+    again = hm.pipeline(cfg, {"pipeline.analyse": True})
+    for stage in ("dataset", "train", "infer", "index", "reduce"):
+        assert again[stage].reused and again[stage].run_id == result[stage].run_id
+    analysed = mlflow.get_run(again["analyse"].run_id)
+    assert analysed.data.tags["hyrax.input.map"] == result["reduce"].run_id
+    assert analysed.data.tags["mlflow.parentRunId"] == again.run_id
+    assert mlflow.get_run(again.run_id).data.tags["hyrax.stage_run.analyse"] == analysed.info.run_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.stages import download, index, infer, ingest, reduce, train
+from hyrax_mlops.stages import analyse, download, index, infer, ingest, reduce, train
 from hyrax_mlops.tracking import TAG_REUSED, TAG_STAGE_RUN, StageRun, StageSpec, run_stage
 
 ALL_SECTIONS = tuple(Config.model_fields)
@@ -34,6 +34,8 @@ def check(cfg: Config) -> None:
     model_params(cfg.model)
     index.backend(cfg)
     reduce.check(cfg)
+    if cfg.pipeline.analyse:
+        analyse.check(cfg)
 
 
 def run(cfg: Config, *, force: bool = False) -> PipelineResult:
@@ -54,6 +56,10 @@ def run(cfg: Config, *, force: bool = False) -> PipelineResult:
         steps["index"] = index.run(cfg, steps["infer"].run_id, force=force, parent_run_id=parent)
         steps["reduce"] = reduce.run(cfg, steps["infer"].run_id, force=force,
                                      parent_run_id=parent)
+        if cfg.pipeline.analyse:  # on the map just made, when it has a 2D one
+            map_run = steps["reduce"].run_id if 2 in cfg.reduce.dims else None
+            steps["analyse"] = analyse.run(cfg, steps["infer"].run_id, reduce_run_id=map_run,
+                                           force=force, parent_run_id=parent)
         for name, step in steps.items():
             mlflow.set_tag(TAG_STAGE_RUN + name, step.run_id)
             mlflow.set_tag(TAG_REUSED + name, str(step.reused).lower())
