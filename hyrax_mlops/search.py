@@ -134,11 +134,9 @@ class Searcher:
     def embed_cutout(self, path: str) -> np.ndarray:
         """An external cutout (FITS: an image, a (bands, h, w) cube, or one HDU per band named
         like the dataset's bands) embedded with the model that made this index."""
-        import torch
-
         from hyrax_mlops.data.fits_cutouts import read_cutout
         from hyrax_mlops.engine.bundle import load_bundle
-        from hyrax_mlops.engine.inference import model_outputs
+        from hyrax_mlops.engine.inference import embed_cutouts
 
         if not self.embeddings_run_id:
             raise LineageError(f"index run {self.index_run_id} names no embeddings run.")
@@ -153,10 +151,7 @@ class Searcher:
         if cube.shape != shape:
             raise HyraxError(f"cutout '{path}' is {list(cube.shape)}; the model of run "
                              f"{model_run} takes {list(shape)} (bands, h, w)")
-        x = loaded.normalizer.apply(cube[None].copy(), inplace=True)
-        with torch.no_grad():
-            z, _ = model_outputs(loaded.model.eval(), {"image": torch.from_numpy(x)})
-        return z.float().numpy()
+        return embed_cutouts(loaded.model, loaded.normalizer, cube[None])[0]
 
     def by_cutout(self, path: str, k: int = 10) -> pd.DataFrame:
         """Neighbours of an external FITS cutout, embedded with the run's own model."""

@@ -75,8 +75,10 @@ class DatasetWriter:
         )
         self._buffer = []
 
-    def close(self, source: dict[str, Any], requested: int) -> dict[str, Any]:
-        """Write the catalog and manifest (also when nothing was usable: see `check_usable`)."""
+    def close(self, source: dict[str, Any], requested: int,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write the catalog and manifest (also when nothing was usable: see `check_usable`);
+        `extra` adds keys to the manifest (e.g. what a streamed dataset fetches)."""
         self._flush()
         catalog = pd.DataFrame(self.rows, columns=None if self.rows else ["object_id"])
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
@@ -98,6 +100,7 @@ class DatasetWriter:
             },
             "failures": self.failures,
             "source": source,
+            **(extra or {}),
         }
         (self.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
         return manifest

@@ -31,10 +31,6 @@ class Credentials:
         session.auth = _HostAuth(urlparse(url).hostname or "", self)
         session.trust_env = False  # no proxy/netrc surprises: what we resolved is what is sent
 
-    def secrets(self) -> list[str]:
-        """The secret strings, for tests that scan a store for leaks."""
-        return [s for s in (self.password, self.token) if s]
-
 
 class _HostAuth:
     """requests auth hook: basic auth or a bearer token, for one host only."""

@@ -155,10 +155,10 @@ def _attempt(session_for: Callable[[], Any], req: Request, policy: RetryPolicy,
     return accept(req, body)
 
 
-def _session_factory(concurrency: int, session=None) -> Callable[[], Any]:
-    """One `requests.Session` per worker thread (a session is not thread-safe)."""
-    if session is not None:
-        return lambda: session
+def _session_factory(concurrency: int, prepare: Callable[[Any], None] | None
+                     ) -> Callable[[], Any]:
+    """One `requests.Session` per worker thread (a session is not thread-safe), set up by
+    `prepare` (credentials) when it is made."""
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -170,6 +170,8 @@ def _session_factory(concurrency: int, session=None) -> Callable[[], Any]:
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(4, concurrency))
             s.mount("http://", adapter)
             s.mount("https://", adapter)
+            if prepare is not None:
+                prepare(s)
             local.session = s
         return local.session
 
@@ -178,7 +180,7 @@ def _session_factory(concurrency: int, session=None) -> Callable[[], Any]:
 
 def fetch_all(requests_: Iterable[Request], accept: Callable[[Request, bytes], Any],
               journal: Journal, *, concurrency: int = 4, policy: RetryPolicy | None = None,
-              session=None, prepare: Callable[[Any], None] | None = None,
+              prepare: Callable[[Any], None] | None = None,
               progress: Callable[[Stats], None] | None = None, desc: str = "download",
               unit: str = "cutout", show_progress: bool = True) -> Stats:
     """Fetch every request with an item not yet done in `journal`, `concurrency` at a time.
@@ -200,17 +202,7 @@ def fetch_all(requests_: Iterable[Request], accept: Callable[[Request, bytes], A
             req.items = missing
             todo.append(req)
     stats.total = sum(len(r.items) for r in todo)
-    make_session = _session_factory(concurrency, session)
-    if prepare is not None:
-        raw = make_session
-        prepared: set[int] = set()
-
-        def make_session():  # noqa: F811 (wraps the factory once per thread)
-            s = raw()
-            if id(s) not in prepared:
-                prepare(s)
-                prepared.add(id(s))
-            return s
+    make_session = _session_factory(concurrency, prepare)
 
     bar = tqdm(total=stats.total, desc=desc, unit=unit, smoothing=0.05,
                disable=not show_progress)
@@ -222,19 +214,23 @@ def fetch_all(requests_: Iterable[Request], accept: Callable[[Request, bytes], A
     def finish(req: Request, result: Any, attempts: int) -> None:
         outcome = result if isinstance(result, Outcome) else Outcome(
             done={i: dict(result or {}) for i in req.items})
+        entries = []
         for item in req.items:
             if item in outcome.done:
-                journal.record(item, "done", attempts=attempts, **outcome.done[item])
-                stats.done += 1
+                entries.append({"key": item, "status": "done", "attempts": attempts,
+                                **outcome.done[item]})
             else:
                 reason, detail = outcome.failed.get(item, ("missing", "not in the answer"))
-                journal.record(item, "failed", reason=reason, detail=detail[:500])
-                stats.failed += 1
+                entries.append({"key": item, "status": "failed", "reason": reason,
+                                "detail": detail[:500]})
+        journal.record_many(entries)
+        stats.done += sum(e["status"] == "done" for e in entries)
+        stats.failed += sum(e["status"] == "failed" for e in entries)
         bar.update(len(req.items))
 
     def give_up(req: Request, reason: str, detail: str) -> None:
-        for item in req.items:
-            journal.record(item, "failed", reason=reason, detail=detail[:500])
+        journal.record_many([{"key": item, "status": "failed", "reason": reason,
+                              "detail": detail[:500]} for item in req.items])
         stats.failed += len(req.items)
         bar.update(len(req.items))
 

@@ -62,8 +62,15 @@ def load_bundle(uri: str) -> LoadedModel:
             f"model '{uri}' was not logged by hyrax-mlops (no artifacts/bundle/{SPEC}). "
             "Fix: point infer.model at a model from a hyrax train run."
         )
-    spec = json.loads((extra / SPEC).read_text())
-    model = build_model(ModelConfig(name=spec["name"], **spec["params"]), spec["input_shape"])
-    model.load_state_dict(torch.load(extra / WEIGHTS, map_location="cpu", weights_only=True))
-    norm = Normalizer.from_dict(json.loads((extra / NORMALIZATION).read_text()))
+    model, norm, spec = read_bundle(extra)
     return LoadedModel(model, norm, spec, info.run_id, uri)
+
+
+def read_bundle(folder: Path) -> tuple[torch.nn.Module, Normalizer, dict[str, Any]]:
+    """The model (weights loaded with weights_only=True), its transform and its spec, from a
+    bundle folder written by `write_bundle`."""
+    spec = json.loads((folder / SPEC).read_text())
+    model = build_model(ModelConfig(name=spec["name"], **spec["params"]), spec["input_shape"])
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    norm = Normalizer.from_dict(json.loads((folder / NORMALIZATION).read_text()))
+    return model, norm, spec

@@ -21,6 +21,16 @@ def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     return z.reshape(len(z), -1), probs
 
 
+def embed_cutouts(model: torch.nn.Module, normalizer, x: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Embeddings (and probabilities) of raw float32 cutouts (n, bands, h, w), normalised with
+    the model's own transform: what serving and search-by-cutout both need."""
+    x = normalizer.apply(np.array(x, dtype=np.float32), inplace=True)
+    with torch.no_grad():
+        z, probs = model_outputs(model.eval(), {"image": torch.from_numpy(x)})
+    return z.float().numpy(), None if probs is None else probs.float().numpy()
+
+
 def embed_all(model: torch.nn.Module, loader, device: str = "cpu"
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (n, dim) embeddings in the loader's order, and (n, classes) probabilities for a

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 
-from hyrax_mlops.engine.bundle import NORMALIZATION, SPEC, WEIGHTS, write_bundle
+from hyrax_mlops.engine.bundle import write_bundle
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ACCEPTED = ('an array (n, bands, h, w) or (bands, h, w) as {"inputs": ...}, or a table with a '
@@ -66,40 +65,25 @@ class HyraxPyfunc(mlflow.pyfunc.PythonModel):
     """Embeds cutouts with the weights of a hyrax train run."""
 
     def load_context(self, context) -> None:
-        import torch
+        from hyrax_mlops.engine.bundle import read_bundle
 
-        from hyrax_mlops.config import ModelConfig
-        from hyrax_mlops.data.normalize import Normalizer
-        from hyrax_mlops.models import build_model
-
-        bundle = Path(context.artifacts["bundle"])
-        self.spec = json.loads((bundle / SPEC).read_text())
-        self.model = build_model(ModelConfig(name=self.spec["name"], **self.spec["params"]),
-                                 self.spec["input_shape"])
-        self.model.load_state_dict(torch.load(bundle / WEIGHTS, map_location="cpu",
-                                              weights_only=True))
-        self.model.eval()
-        self.normalizer = Normalizer.from_dict(json.loads((bundle / NORMALIZATION).read_text()))
+        self.model, self.normalizer, self.spec = read_bundle(Path(context.artifacts["bundle"]))
         self.classes = list(self.spec["params"].get("classes") or [])
 
     def predict(self, context, model_input, params=None):  # untyped: arrays or tables
         import pandas as pd
-        import torch
 
-        from hyrax_mlops.engine.inference import model_outputs
+        from hyrax_mlops.engine.inference import embed_cutouts
 
         x = cutouts_from(model_input)
         shape = tuple(self.spec["input_shape"])
         if x.shape[1:] != shape:
             raise ValueError(f"cutouts of shape {list(x.shape[1:])}; this model takes "
                              f"{list(shape)} (bands, h, w)")
-        x = self.normalizer.apply(x.copy(), inplace=True)
-        with torch.no_grad():
-            z, probs = model_outputs(self.model, {"image": torch.from_numpy(x)})
+        z, p = embed_cutouts(self.model, self.normalizer, x)
         out = pd.DataFrame({"object": np.arange(len(x)),
-                            "embedding": [row.tolist() for row in z.float().numpy()]})
-        if probs is not None:
-            p = probs.float().numpy()
+                            "embedding": [row.tolist() for row in z]})
+        if p is not None:
             out["probabilities"] = [row.tolist() for row in p]
             best = p.argmax(axis=1)
             out["predicted_class"] = ([self.classes[i] for i in best] if self.classes

@@ -15,10 +15,7 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from pathlib import Path
-from typing import Any
 
-from hyrax_mlops.config import DownloadConfig
 from hyrax_mlops.downloader.credentials import basic_auth
 from hyrax_mlops.downloader.engine import InvalidResponse, Outcome, Request
 from hyrax_mlops.downloader.journal import Journal
@@ -30,7 +27,7 @@ from hyrax_mlops.sources.survey import (
     DownloadContext,
     SurveySource,
     Target,
-    download_survey,
+    fetch_survey,
 )
 
 FILTERS = {"g": "HSC-G", "r": "HSC-R", "i": "HSC-I", "z": "HSC-Z", "y": "HSC-Y"}
@@ -137,7 +134,4 @@ class HSC(SurveySource):
                         ctx, "cutouts", prepare=lambda s: creds.apply(s, url))
 
 
-@SOURCES.register("hsc")
-def fetch_hsc(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
-    """HSC-SSP PDR3 cutouts of every `download.catalog` row, in `download.bands`."""
-    return download_survey(HSC(cfg), cfg, Path(cfg.catalog).expanduser(), out_dir, ctx)
+SOURCES.register("hsc")(fetch_survey)

@@ -13,10 +13,8 @@ and only to the configured host.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
-from hyrax_mlops.config import DownloadConfig
 from hyrax_mlops.downloader.credentials import bearer_token
 from hyrax_mlops.downloader.engine import InvalidResponse, PermanentError, Request
 from hyrax_mlops.downloader.journal import Journal
@@ -28,8 +26,7 @@ from hyrax_mlops.sources.survey import (
     DownloadContext,
     SurveySource,
     Target,
-    download_survey,
-    survey_source,
+    fetch_survey,
 )
 
 BANDS = ("u", "g", "r", "i", "z", "y")
@@ -182,8 +179,4 @@ class Rubin(SurveySource):
                         journal, ctx, "cutouts", prepare=prepare)
 
 
-@SOURCES.register("rubin")
-def fetch_rubin(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
-    """Rubin cutouts of every `download.catalog` row through the RSP's SODA service."""
-    return download_survey(survey_source(cfg), cfg, Path(cfg.catalog).expanduser(), out_dir,
-                           ctx)
+SOURCES.register("rubin")(fetch_survey)

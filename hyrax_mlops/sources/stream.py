@@ -35,35 +35,22 @@ from hyrax_mlops.sources.survey import (
 
 def write_stream_dataset(cfg: DownloadConfig, catalog: Path, out_dir: Path) -> dict[str, Any]:
     """A dataset whose pixels come from the source on demand: catalog + manifest, no shards."""
-    from hyrax_mlops.data.dataset import FORMAT, sha256_file
+    from hyrax_mlops.data.dataset import DatasetWriter
 
     source = survey_source(cfg)
     targets, rows, bad = read_targets(catalog, cfg.limit)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    import pandas as pd
-
+    shape = (len(source.bands) * len(cfg.layers), cfg.stamp_size, cfg.stamp_size)
+    writer = DatasetWriter(out_dir, shape, channel_names(source.bands, cfg.layers),
+                           cfg.shard_size)
     by_id = {t.object_id: t for t in targets}
-    kept = [dict(r, ra=by_id[str(r["object_id"])].ra, dec=by_id[str(r["object_id"])].dec)
-            for r in rows if str(r["object_id"]) in by_id]
-    table = pd.DataFrame(kept, columns=None if kept else ["object_id", "ra", "dec"])
-    table.to_parquet(out_dir / "catalog.parquet", index=False)
-    failures = [{"object_id": oid, "file": "", "reason": "bad_position", "detail": d}
-                for oid, d in bad.items()]
-    manifest = {
-        "format": FORMAT, "modality": "image",
-        "shape": [len(source.bands) * len(cfg.layers), cfg.stamp_size, cfg.stamp_size],
-        "dtype": "float32", "bands": channel_names(source.bands, cfg.layers),
-        "shard_size": cfg.shard_size, "shards": [],
-        "catalog": {"file": "catalog.parquet", "columns": list(table.columns),
-                    "sha256": sha256_file(out_dir / "catalog.parquet")},
-        "counts": {"requested": len(rows), "ingested": len(kept), "failed": len(failures),
-                   "failed_by_reason": {"bad_position": len(failures)} if failures else {}},
-        "failures": failures,
-        "source": {"name": source.name, "catalog": str(catalog), "mode": "stream"},
-        "stream": {"download": cfg.model_dump(mode="json"), "bands": source.bands},
-    }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+    writer.rows.extend(dict(r, ra=by_id[str(r["object_id"])].ra, dec=by_id[str(r["object_id"])].dec)
+                       for r in rows if str(r["object_id"]) in by_id)  # no pixels: rows only
+    for oid, detail in bad.items():
+        writer.fail(oid, "bad_position", detail)
+    return writer.close({"name": source.name, "catalog": str(catalog), "mode": "stream"},
+                        requested=len(rows),
+                        extra={"stream": {"download": cfg.model_dump(mode="json"),
+                                          "bands": source.bands}})
 
 
 class LRUCutoutStore(CutoutStore):
@@ -124,7 +111,6 @@ class CutoutStream:
         self.targets = [Target(str(o), float(r), float(d)) for o, r, d in
                         zip(catalog["object_id"], catalog["ra"], catalog["dec"], strict=True)]
         self.failed: dict[str, dict] = {}
-        self.fetched = 0
         self._lock = threading.Lock()  # one batch fetch at a time; each is parallel inside
 
     def images(self, rows) -> np.ndarray:
@@ -138,7 +124,6 @@ class CutoutStream:
                     ctx = DownloadContext(self.root, show_progress=False)
                     self.source.fetch(missing, self.store, journal, ctx)
                     self.failed.update(journal.failed)
-                    self.fetched += len(journal.done)
             out = np.zeros((len(targets), *self.shape), np.float32)
             per_band = self.shape[0] // len(self.bands)
             for i, t in enumerate(targets):

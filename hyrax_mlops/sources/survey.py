@@ -102,6 +102,12 @@ def survey_source(cfg: DownloadConfig) -> SurveySource:
     return source
 
 
+def fetch_survey(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
+    """The `download` source function of every survey (`hsc`, `rubin`, ...): cutouts of each
+    `download.catalog` row in `download.bands`."""
+    return download_survey(survey_source(cfg), cfg, Path(cfg.catalog).expanduser(), out_dir, ctx)
+
+
 def read_targets(path: Path, limit: int = 0) -> tuple[list[Target], list[dict], dict]:
     """Catalog rows with a usable position, the rows themselves, and rows that have none."""
     from hyrax_mlops.data.catalogs import read_catalog

@@ -85,7 +85,7 @@ class _Reporter:
                 f"download.{phase}.rate_per_s": round(stats.rate(), 3),
                 f"download.{phase}.eta_s": round(eta, 1) if eta != float("inf") else -1.0,
             }, step=stats.done + stats.failed)
-        if now - self.last_journal >= JOURNAL_EVERY_S or final:
+        if now - self.last_journal >= JOURNAL_EVERY_S:  # the run's end mirrors them anyway
             self.last_journal = now
             self.mirror_journals()
 

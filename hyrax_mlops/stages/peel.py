@@ -45,7 +45,7 @@ def run(cfg: Config, analyse_run_id: str, *, rounds: int = 1, remove_file: str |
     from hyrax_mlops.data.dataset import sha256_file
 
     if rounds < 1:
-        raise ConfigError("peel needs rounds >= 1")
+        raise ConfigError(f"peel got rounds = {rounds}. Fix: --rounds 1 or more")
     if "outliers" not in cfg.analyse.analyses and (rounds > 1 or not remove_file):
         raise ConfigError("config key 'analyse.analyses' must include \"outliers\" for peel to "
                           "find what to remove")
@@ -54,7 +54,9 @@ def run(cfg: Config, analyse_run_id: str, *, rounds: int = 1, remove_file: str |
     if remove_file:
         path = Path(remove_file).expanduser()
         if not path.is_file():
-            raise ConfigError(f"selection file '{remove_file}' does not exist")
+            raise ConfigError(f"selection file '{remove_file}' does not exist. Fix: pass a "
+                              "CSV/Parquet/FITS table with an object_id column (the app's "
+                              "Export CSV is one)")
         selection = _selection(path)
     fingerprint = f"rounds={rounds}:" + (sha256_file(path)[:16] if remove_file else "outliers")
     spec = StageSpec("peel", ("analyse", "data", "model", "train"),
