@@ -97,13 +97,18 @@ class AppData:
             return _load_reduction(run_id, self.cfg.tracking.cache_dir)
 
     def searcher(self, reduction: Reduction):
-        """The vector index behind a reduction (newest index run of its embeddings)."""
+        """The vector index behind a reduction (newest index run of its embeddings), or None
+        when there is none. An index that exists but cannot be reached raises
+        IndexUnreachable: the user must fix the store, not re-index."""
         if not reduction.infer_run_id:
             return None
         from hyrax_mlops.errors import HyraxError
+        from hyrax_mlops.vectors import IndexUnreachable
 
         try:  # not cached when it fails: an index made later is found on the next click
             return _searcher(reduction.infer_run_id, self.cfg.tracking.cache_dir)
+        except IndexUnreachable:
+            raise
         except HyraxError:
             return None
 

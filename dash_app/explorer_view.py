@@ -221,7 +221,12 @@ def register(app, data: AppData) -> None:
         if not run:
             raise PreventUpdate
         red = data.reduction(run)
-        searcher = data.searcher(red)
+        from hyrax_mlops.vectors import IndexUnreachable
+
+        try:
+            searcher = data.searcher(red)
+        except IndexUnreachable as exc:  # its message is redacted: safe to show
+            return html.I(str(exc)), no_update
         if searcher is None:
             return html.I("No vector index for these embeddings: run `hyrax-mlops index`."), \
                 no_update

@@ -7,11 +7,13 @@ and `--force` as MLflow passes them.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from collections.abc import Sequence
 
 from hyrax_mlops.errors import HyraxError
+from hyrax_mlops.redact import redact
 
 STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "analyse",
           "pipeline")
@@ -100,16 +102,33 @@ def _run_stage(args: argparse.Namespace) -> int:
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)
     if args.command == "pipeline":
         print(result.summary())
-        print(_next_steps(result))
+        print(_next_steps(result, _example_id(result, hm.load_config(args.config,
+                                                                      args.overrides))))
     else:
         print(result)
     return 0
 
 
-def _next_steps(result) -> str:
+def _example_id(result, cfg) -> str:
+    """The first object of the pipeline's dataset: a search the user can paste as it is."""
+    import pyarrow.parquet as pq
+
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    try:
+        path = fetch_artifacts(result["dataset"].run_id, "dataset/catalog.parquet", cfg)
+        first = pq.ParquetFile(path).read_row_group(0, columns=["object_id"])
+        return str(first.column(0)[0])
+    except Exception:  # only a hint: never fail a finished pipeline over it
+        return "OBJECT_ID"
+
+
+def _next_steps(result, example_id: str = "OBJECT_ID") -> str:
+    from hyrax_mlops.redact import redact
     from hyrax_mlops.tracking import tracking_uri
 
-    idx, red, uri = result["index"].run_id, result["reduce"].run_id, tracking_uri()
+    # the store's address without its user:password@ (the terminal is often logged)
+    idx, red, uri = result["index"].run_id, result["reduce"].run_id, redact(tracking_uri())
     ui = (f"  open {uri}      # the team's MLflow server\n" if uri.startswith("http") else
           f"  mlflow ui --backend-store-uri {uri}      # then open http://127.0.0.1:5000\n")
     return (
@@ -117,7 +136,7 @@ def _next_steps(result) -> str:
         "Look at the results:\n"
         f"{ui}"
         f"  hyrax-mlops lineage {red}\n"
-        f"  hyrax-mlops search --run {idx} --id XDF00001 -k 10\n"
+        f"  hyrax-mlops search --run {idx} --id {shlex.quote(example_id)} -k 10\n"
         f"  maps: artifacts of run {red} (reductions.html, plots/*.png)"
     )
 
@@ -240,8 +259,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         return _list()
     except HyraxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a library's own error: one line, no secrets (traceback on demand)
+        if os.environ.get("HYRAX_TRACEBACK"):
+            raise
+        print(f"error: {redact(f'{type(exc).__name__}: {exc}')[:2000]}\n(unexpected: run "
+              "again with HYRAX_TRACEBACK=1 for the traceback, and please report it)",
+              file=sys.stderr)
+        return 1
 
 
 def entrypoint(stage: str, argv: Sequence[str] | None = None) -> int:

@@ -27,14 +27,50 @@ from pydantic import (
 )
 
 from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.redact import has_userinfo, redact
+
+# Where the credentials of a URL-valued key belong instead of `user:password@` in the URL.
+_CREDENTIALS_HOME = {
+    "download.hsc.url": "HSC_SSP_CAS_USER / HSC_SSP_CAS_PASSWORD (download.hsc.user_env / "
+                        "password_env), ~/.netrc or download.credentials_file",
+    "download.rubin.url": "RSP_TOKEN (download.rubin.token_env), ~/.netrc or "
+                          "download.credentials_file",
+    "download.rubin.butler_repo": "the Butler's own credentials file (DAF_BUTLER_REPOSITORY_INDEX"
+                                  ", ~/.lsst/db-auth.yaml) or AWS_* variables",
+    "index.url": "CHROMA_TOKEN or CHROMA_TOKEN_FILE",
+    "ray.address": "the cluster's own authentication (RAY_AUTH_TOKEN), not the address",
+}
+
+
+def _numeric(annotation: Any) -> bool:
+    """int or float (possibly Optional): a TOML boolean must not pass for a number."""
+    args = getattr(annotation, "__args__", None)
+    if args:
+        return any(_numeric(a) for a in args if a is not type(None))
+    return annotation in (int, float)
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools_as_numbers_or_secrets_in_urls(cls, value: Any, info: Any) -> Any:
+        """`train.epochs = true` is not 1, and `http://user:pass@host` is never logged."""
+        field = cls.model_fields.get(info.field_name)
+        if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+            raise ValueError("this is a number, not true/false")
+        if isinstance(value, str) and has_userinfo(value):
+            key = _SECTION_KEYS.get(cls, "") + info.field_name
+            home = _CREDENTIALS_HOME.get(key, "an environment variable or a credentials file")
+            raise ValueError("must not hold credentials (user:password@ would be "
+                             f"logged with every run): remove them from the URL and give "
+                             f"them through {home}")
+        return value
+
 
 class TrackingConfig(_Section):
-    experiment: str = "hyrax"
+    experiment: str = Field("hyrax", min_length=1, pattern=r"\S")
     cache_dir: str = ".hyrax/cache"
 
 
@@ -254,16 +290,6 @@ class IndexConfig(_Section):
     refine_factor: int = Field(10, ge=1)
     metadata_columns: list[str] = []
 
-    @field_validator("url")
-    @classmethod
-    def _no_credentials_in_url(cls, v: str) -> str:
-        from urllib.parse import urlparse
-
-        if v and (urlparse(v).username or urlparse(v).password):
-            raise ValueError("index.url must not hold credentials (they would be logged); "
-                             "give them to the backend through its environment variables")
-        return v
-
 
 class ReduceConfig(_Section):
     methods: list[str] = ["umap", "pca"]
@@ -275,6 +301,14 @@ class ReduceConfig(_Section):
     umap_metric: str = "cosine"
     umap_fit_sample: int = Field(100_000, ge=100)
     umap_batch: int = Field(100_000, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _some_methods(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError('methods must list each reducer once, at least one, e.g. '
+                             '["umap", "pca"]: a reduce run without a map cannot be opened')
+        return v
 
     @field_validator("dims")
     @classmethod
@@ -381,6 +415,24 @@ class Config(_Section):
         }
 
 
+def _section_keys() -> dict[type, str]:
+    """Each section class -> its dotted prefix (`download.hsc.`), for messages."""
+    out: dict[type, str] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, _Section):
+                out.setdefault(ann, f"{prefix}{name}.")
+                walk(ann, f"{prefix}{name}.")
+
+    walk(Config, "")
+    return out
+
+
+_SECTION_KEYS: dict[type, str] = {}
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -403,7 +455,10 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file '{p}' does not exist. Fix: pass an existing TOML file.")
         try:
-            user = tomllib.loads(p.read_text())
+            user = tomllib.loads(p.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file '{p}' is not valid TOML: it is not UTF-8 text. "
+                              "Fix: pass a TOML text file.") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file '{p}' is not valid TOML: {exc}") from exc
         _merge(data, user, prefix="")
@@ -413,6 +468,8 @@ def load_config(
 
 
 def validate(data: Mapping[str, Any]) -> Config:
+    if not _SECTION_KEYS:
+        _SECTION_KEYS.update(_section_keys())
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
@@ -475,11 +532,11 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _closest(word: str, options: Iterable[str]) -> str:
+def _closest(word: str, options: Iterable[str], prefix: str = "") -> str:
     options = sorted(options)
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
     if match:
-        return f". Did you mean '{match[0]}'?"
+        return f". Did you mean '{prefix}{match[0]}'?"
     return f". Valid keys: {', '.join(options)}" if options else ""
 
 
@@ -492,14 +549,16 @@ def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
             parent = _schema_for(loc[:-1])
             valid = list(parent.model_fields) if parent else []
             where = f"[{'.'.join(loc[:-1])}]" if len(loc) > 1 else "the top level"
+            prefix = ".".join(loc[:-1]) + "." if len(loc) > 1 else ""
             lines.append(
-                f"unknown config key '{key}'{_closest(loc[-1], valid)} "
+                f"unknown config key '{key}'{_closest(loc[-1], valid, prefix)} "
                 f"(valid keys in {where}: {', '.join(valid)})"
             )
         else:
             given = err.get("input")  # a whole table (a check across keys) is not repeated
-            got = "" if isinstance(given, Mapping) else f" (got {given!r})"
-            lines.append(f"config key '{key}': {err['msg']}{got}")
+            got = "" if isinstance(given, Mapping) else f" (got {redact(repr(given))})"
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': {msg}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 

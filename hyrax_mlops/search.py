@@ -17,6 +17,7 @@ import pandas as pd
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import HyraxError, LineageError
+from hyrax_mlops.redact import redact
 from hyrax_mlops.tracking import (
     TAG_INPUT,
     TAG_STAGE,
@@ -79,8 +80,8 @@ class Searcher:
 
     def __init__(self, run_id: str, cfg: Config | None = None) -> None:
         from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-        from hyrax_mlops.stages.index import TAG_COLLECTION, TAG_LOCATION
-        from hyrax_mlops.vectors import VECTOR_BACKENDS
+        from hyrax_mlops.stages.index import TAG_LOCATION, recorded_collection
+        from hyrax_mlops.vectors import VECTOR_BACKENDS, CollectionNotFound
 
         self.cfg = cfg or Config()
         use_store()
@@ -88,15 +89,20 @@ class Searcher:
         for run in _index_runs(run_id):
             location = json.loads(run.data.tags[TAG_LOCATION])
             backend = VECTOR_BACKENDS.get(location["backend"])
-            try:
-                self.index = backend.reopen(location, run.data.tags[TAG_COLLECTION])
+            name = recorded_collection(run)  # never recomputed: the run says what it wrote
+            try:  # a store that can't be reached raises IndexUnreachable: not "gone"
+                self.index = backend.reopen(location, name)
                 break
-            except Exception as exc:
+            except CollectionNotFound as exc:
+                where = redact(str(location.get("url") or location.get("uri")
+                                   or location.get("path")))
                 first_error = first_error or LineageError(
-                    f"the index of run {run.info.run_id} is gone from {location} ({exc}). "
+                    f"the index of run {run.info.run_id} is gone from {where} ({exc}). "
                     "Fix: re-run `hyrax-mlops index --force`.")
         else:
             raise first_error
+        self.collection = name
+        self.metric = run.data.params.get("index.metric")  # what its distances mean
         self.index_run_id = run.info.run_id
         self.embeddings_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
         dataset = input_run(run, "dataset")

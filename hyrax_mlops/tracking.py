@@ -13,13 +13,15 @@ import hashlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyrax_mlops import __version__
+from hyrax_mlops import __version__, run_owner, store_lock
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import LineageError
+from hyrax_mlops.redact import redact
 
 TAG_STAGE = "hyrax.stage"
 TAG_CONFIG_HASH = "hyrax.config_hash"
@@ -30,6 +32,7 @@ TAG_STAGE_RUN = "hyrax.stage_run."  # on a pipeline run: the run used for each s
 TAG_REUSED = "hyrax.reused."  # on a pipeline run: "true" where the stage run was reused
 TAG_LAUNCHED = "hyrax.launcher_for"  # on an `mlflow run` run whose stage was reused
 TAG_ERROR = "hyrax.error"
+TAG_RESUMED_AFTER = "hyrax.resumed_after"  # the error of a run before it was resumed
 CONFIG_ARTIFACT = "config/hyrax.toml"
 DATASET_STAGES = ("download", "ingest", "filter")  # the stages whose runs are datasets
 
@@ -54,12 +57,69 @@ def tracking_uri() -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_ready_stores: set[str] = set()
+_SCHEMA_TRIES = 30  # half a second apart
+
+
 def use_store() -> None:
-    """Point MLflow at the tracking store, for code that only reads runs."""
+    """Point MLflow at the tracking store, for code that only reads runs. The first use of
+    a fresh SQLite store (MLflow creates its schema then) is serialised between processes:
+    two doing it at once would leave a store that no command can open."""
     _quiet_environment()
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    db = store_lock.sqlite_file(uri)
+    if uri not in _ready_stores and db is not None:
+        from mlflow.tracking import MlflowClient
+
+        with store_lock.schema_lock(uri):
+            if not db.exists() or db.stat().st_size == 0:
+                _create_sqlite_store(db)
+            for attempt in range(_SCHEMA_TRIES):
+                try:
+                    MlflowClient(uri).search_experiments(max_results=1)
+                    break
+                except Exception as exc:  # noqa: BLE001 - sqlalchemy's error, by its text
+                    # another program (`mlflow ui`, a notebook) is creating the schema
+                    # without our lock: wait until it is done instead of failing
+                    if "already exists" not in str(exc) or attempt == _SCHEMA_TRIES - 1:
+                        raise
+                    time.sleep(0.5)
+        _ready_stores.add(uri)
+
+
+def _schema_version(db: Path) -> str | None:
+    """The alembic revision a SQLite store's schema is at (None: none yet, or unreadable)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Make a fresh SQLite store whole, then put it in place: other programs (`mlflow ui`, a
+    notebook) never see a half-made schema. If one of them creates the file meanwhile, wait
+    for its schema to reach the same revision instead of migrating it at the same time."""
+    from mlflow.tracking import MlflowClient
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+    try:
+        MlflowClient(f"sqlite:///{tmp}").search_experiments(max_results=1)
+        head = _schema_version(tmp)
+        try:
+            os.link(tmp, db)  # atomic, and never over a file that appeared meanwhile
+        except FileExistsError:
+            deadline = time.monotonic() + 60
+            while _schema_version(db) != head and time.monotonic() < deadline:
+                time.sleep(0.25)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def setup(cfg: Config) -> str:
@@ -67,15 +127,27 @@ def setup(cfg: Config) -> str:
     (creating the experiment if needed). Under `mlflow run` it is the one `mlflow run` chose.
     """
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     use_store()
     launcher = _launcher_run_id()
     if launcher:
         return mlflow.get_run(launcher).info.experiment_id
-    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    name = cfg.tracking.experiment
+    exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return mlflow.create_experiment(cfg.tracking.experiment)
+    with store_lock.schema_lock(tracking_uri()):  # two processes may create it at once
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return mlflow.create_experiment(name)
+        except MlflowException:  # another process (on a server store) was first
+            exp = mlflow.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
 
 def _launcher_run_id() -> str | None:
@@ -156,25 +228,120 @@ class StageSpec:
         return tags
 
 
+def _identity_filter(tags: dict[str, str], status: str) -> str:
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in sorted(tags.items())]
+    clauses.append(f"attributes.status = '{status}'")
+    return " AND ".join(clauses)
+
+
+def _same_inputs(run, tags: dict[str, str]) -> bool:
+    """No more inputs than the identity names (a search only checks those it names)."""
+    return (sum(k.startswith(TAG_INPUT) for k in run.data.tags)
+            == sum(k.startswith(TAG_INPUT) for k in tags))
+
+
 def find_reusable(
     experiment_id: str, tags: dict[str, str], still_valid: Callable[[object], bool] | None = None
 ) -> str | None:
     """The newest FINISHED run whose identifying tags all match, if any."""
     from mlflow.tracking import MlflowClient
 
-    clauses = [f"tags.`{k}` = '{v}'" for k, v in sorted(tags.items())]
-    clauses.append("attributes.status = 'FINISHED'")
     runs = MlflowClient().search_runs(
-        [experiment_id], " AND ".join(clauses), order_by=["attributes.start_time DESC"],
-        max_results=10,
+        [experiment_id], _identity_filter(tags, "FINISHED"),
+        order_by=["attributes.start_time DESC"], max_results=10,
     )
-    n_inputs = sum(k.startswith(TAG_INPUT) for k in tags)
     for run in runs:
-        if sum(k.startswith(TAG_INPUT) for k in run.data.tags) != n_inputs:
+        if not _same_inputs(run, tags):
             continue
         if still_valid is None or still_valid(run):
             return run.info.run_id
     return None
+
+
+# --------------------------------------------------------------------------- run ownership
+
+WAIT_POLL_S = 2.0  # how often a process waiting for an identical stage on a server looks
+
+
+def sweep_orphans(client, experiment_id: str) -> None:
+    """RUNNING runs of the experiment whose owner process is gone become KILLED."""
+    for run_id, reason in run_owner.sweep(client, experiment_id):
+        say(f"run {run_id} was left RUNNING and is now marked KILLED: {reason}")
+
+
+def _live_twin(client, experiment_id: str, tags: dict[str, str]):
+    """A RUNNING run of the same stage identity owned by another live process, with its
+    owner, or (None, None)."""
+    me = run_owner.owner_tags()
+    for run in client.search_runs([experiment_id], _identity_filter(tags, "RUNNING"),
+                                  max_results=10):
+        owner = run_owner.owner_of(run)
+        mine = owner is not None and (owner.host, str(owner.pid)) == (
+            me[run_owner.TAG_HOST], me[run_owner.TAG_PID])
+        if owner is not None and owner.alive and not mine and _same_inputs(run, tags):
+            return run, owner
+    return None, None
+
+
+def _say_waiting(stage: str, force: bool, run, owner, holder: str) -> None:
+    who = (f"run {run.info.run_id} (same stage, same inputs) in {owner.describe()}"
+           if run is not None else f"{holder} (same stage, same inputs)")
+    then = ("then this one runs, reusing what it made" if force
+            else "its run is reused when it finishes")
+    say(f"{stage}: waiting for {who}; {then}")
+
+
+@contextlib.contextmanager
+def _identity_lock(client, experiment_id: str, tags: dict[str, str], stage: str,
+                   force: bool):
+    """Only one process at a time looks for a reusable run of one stage identity and, finding
+    none, runs it: the others wait, then reuse its run. Yields whether it waited.
+
+    A local store: a file lock. A tracking server (or HYRAX_STAGE_LOCK=store): the store
+    itself, by waiting while a live process has a RUNNING run of the same identity."""
+    waited: list[str] = []
+
+    def on_wait(holder: str) -> None:
+        waited.append(holder)
+        _say_waiting(stage, force, *_live_twin(client, experiment_id, tags), holder)
+
+    uri = tracking_uri()
+    lock = None
+    if os.environ.get("HYRAX_STAGE_LOCK", "file") != "store":
+        lock = store_lock.stage_lock(uri, {"store": uri, "experiment": experiment_id, **tags},
+                                     on_wait)
+    if lock is not None:
+        with lock:
+            if waited:
+                sweep_orphans(client, experiment_id)  # it may have died, not finished
+            yield bool(waited)
+        return
+    run, owner = _live_twin(client, experiment_id, tags)
+    if run is not None:
+        _say_waiting(stage, force, run, owner, "")
+        while run is not None:
+            time.sleep(WAIT_POLL_S)
+            run, owner = _live_twin(client, experiment_id, tags)
+        sweep_orphans(client, experiment_id)
+        waited.append("")
+    yield bool(waited)
+
+
+def _take_over(client, run_id: str) -> None:
+    """Make this process the owner of a run to resume (refused while its owner lives)."""
+    lock = store_lock.stage_lock(tracking_uri(), {"resume": run_id})
+    with lock if lock is not None else contextlib.nullcontext():
+        run = client.get_run(run_id)
+        if run_owner.refuse_if_alive(run) is not None:  # RUNNING, its owner gone
+            sweep_orphans(client, run.info.experiment_id)
+            run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        error = run.data.tags.get(TAG_ERROR)
+        if error:  # the resumed run is not in error any more: keep why it stopped
+            client.set_tag(run_id, TAG_RESUMED_AFTER, error)
+            client.delete_tag(run_id, TAG_ERROR)
+        for k, v in run_owner.owner_tags().items():
+            client.set_tag(run_id, k, v)
 
 
 def run_stage(
@@ -190,43 +357,63 @@ def run_stage(
     """Reuse a matching FINISHED run, or open a run, log the config and call `body(run_id)`.
 
     A failing body leaves the run FAILED (KILLED on Ctrl-C) with the error as a tag, so the
-    next call runs the stage again; nothing FINISHED is ever overwritten.
+    next call runs the stage again; nothing FINISHED is ever overwritten. The run records
+    this process as its owner (`run_owner`): a run whose owner died is marked KILLED by the
+    next stage in its experiment. Two processes about to run the same stage on the same
+    inputs do it once: the second waits for the first and reuses its run (a forced one
+    waits, then runs).
     """
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     experiment_id = setup(cfg)
     tags = spec.tags(cfg)
     client = MlflowClient()
+    sweep_orphans(client, experiment_id)
     if resume_run_id:  # continue an interrupted run in place: same id, same tags
-        force, launcher = True, None
-        client.update_run(resume_run_id, status="RUNNING")
-    else:
-        launcher = _claim_launcher() if parent_run_id is None else None
-
-    if not force:
-        found = find_reusable(experiment_id, tags, still_valid)
+        _take_over(client, resume_run_id)
+        return _open_run(spec, cfg, body, tags, client, experiment_id, parent_run_id,
+                         resume_run_id=resume_run_id)
+    launcher = _claim_launcher() if parent_run_id is None else None
+    # forced runs wait too: an identical pipeline (always forced) waits for the whole first
+    # one, then finds each of its stages done
+    with _identity_lock(client, experiment_id, tags, spec.stage, force) as waited:
+        found = None if force else find_reusable(experiment_id, tags, still_valid)
         if found:
             if launcher:
                 client.set_tag(launcher, TAG_LAUNCHED, found)
-            say(f"{spec.stage}: reusing finished run {found} (--force re-runs it)")
+            if waited:
+                say(f"{spec.stage}: reusing run {found}, just finished by the process it "
+                    "waited for")
+            else:
+                say(f"{spec.stage}: reusing finished run {found} (--force re-runs it)")
             return StageRun(spec.stage, found, reused=True)
+        return _open_run(spec, cfg, body, tags, client, experiment_id, parent_run_id,
+                         launcher=launcher)
+
+
+def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
+              experiment_id: str, parent_run_id: str | None, *, launcher: str | None = None,
+              resume_run_id: str | None = None) -> StageRun:
+    """Run `body` in a new run, in the `mlflow run` run, or in the run being resumed."""
+    import mlflow
 
     run_name = f"{spec.stage}-{tags[TAG_CONFIG_HASH][:6]}"
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    if resume_run_id:
+    owner = run_owner.owner_tags()
+    if resume_run_id:  # already taken over
         run_id = resume_run_id
     elif launcher:
         run_id = launcher
-        for k, v in tags.items():
+        for k, v in {**tags, **owner, "mlflow.runName": run_name}.items():
             client.set_tag(run_id, k, v)
-        client.set_tag(run_id, "mlflow.runName", run_name)
     else:
-        run_id = client.create_run(experiment_id, tags=tags, run_name=run_name).info.run_id
+        run_id = client.create_run(experiment_id, tags={**tags, **owner},
+                                   run_name=run_name).info.run_id
 
     active = mlflow.active_run()
-    with mlflow.start_run(run_id=run_id, nested=active is not None) as run:
+    with run_owner.heartbeat(mlflow.get_tracking_uri(), run_id), \
+            mlflow.start_run(run_id=run_id, nested=active is not None) as run:
         mlflow.log_text(cfg.to_toml(), CONFIG_ARTIFACT)
         mlflow.log_params(cfg.flat(spec.sections))
         try:
@@ -236,7 +423,7 @@ def run_stage(
             mlflow.end_run(status="KILLED")
             raise
         except BaseException as exc:
-            mlflow.set_tag(TAG_ERROR, f"{type(exc).__name__}: {exc}"[:4000])
+            mlflow.set_tag(TAG_ERROR, redact(f"{type(exc).__name__}: {exc}")[:4000])
             mlflow.end_run(status="FAILED")
             raise
     return StageRun(spec.stage, run_id, reused=False, outputs=outputs)
@@ -263,6 +450,10 @@ def interrupted_run(run_id: str, stage: str):
                            f"{stage} run resumes here.")
     if run.info.status == "FINISHED":
         raise LineageError(f"run '{run_id}' is FINISHED: there is nothing to resume.")
+    if run_owner.refuse_if_alive(run) is not None:  # RUNNING, but its owner is gone
+        from mlflow.tracking import MlflowClient
+
+        sweep_orphans(MlflowClient(), run.info.experiment_id)
     cfg = load_config(mlflow.artifacts.download_artifacts(run_id=run_id,
                                                           artifact_path=CONFIG_ARTIFACT))
     return run, cfg
@@ -274,12 +465,21 @@ def get_run(run_id: str, stage: str | Iterable[str] | None = None):
     import mlflow
     from mlflow.exceptions import MlflowException
 
+
     try:
         run = mlflow.get_run(run_id)
-    except MlflowException:
-        raise LineageError(
-            f"run '{run_id}' does not exist in {mlflow.get_tracking_uri()}. "
-            "Fix: pass a run id from `mlflow ui` or `hyrax-mlops lineage`."
+    except MlflowException as exc:
+        where = redact(mlflow.get_tracking_uri())  # never the store's user:password@
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise LineageError(
+                f"run '{run_id}' does not exist in {where}. "
+                "Fix: pass a run id from `mlflow ui` or `hyrax-mlops lineage`."
+            ) from None
+        raise LineageError(  # the store did not answer: not the same as "no such run"
+            f"cannot read run '{run_id}' from {where} ({redact(str(exc))[:300]}). Fix: check "
+            "that the tracking store is up and that MLFLOW_TRACKING_URI and its credentials "
+            "(MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN) "
+            "are right."
         ) from None
     actual = run.data.tags.get(TAG_STAGE)
     wanted = {stage} if isinstance(stage, str) else set(stage or ())
@@ -455,4 +655,6 @@ def lineage_lines(run_id: str) -> list[str]:
 
 
 def say(msg: str) -> None:
-    print(f"[hyrax] {msg}", file=sys.stderr, flush=True)
+    """A line on the terminal (stderr), with any credentials masked."""
+
+    print(f"[hyrax] {redact(msg)}", file=sys.stderr, flush=True)

@@ -414,7 +414,7 @@ def test_a_changed_reference_catalog_is_not_served_from_the_cache(demo_sandbox, 
     ({"analyse.match_method": "closest"}, r"'analyse.match_method'.*'nearest' or 'greedy'"),
     ({"analyse.outlier_k": 0}, r"'analyse.outlier_k'"),
     ({"analyse.catalog_mag": "mag_r"}, r"set analyse.reference_mag"),
-    ({"analyse.clusteron": "map"}, r"'analyse.clusteron'.*Did you mean 'cluster_on'"),
+    ({"analyse.clusteron": "map"}, r"'analyse.clusteron'.*Did you mean 'analyse.cluster_on'"),
 ])
 def test_config_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

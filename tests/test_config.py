@@ -36,7 +36,7 @@ def test_misspelt_key_in_file_names_key_and_closest(tmp_path):
     bad.write_text("[train]\nepoch = 5\n")
     with pytest.raises(ConfigError) as err:
         load_config(bad)
-    assert "'train.epoch'" in str(err.value) and "Did you mean 'epochs'" in str(err.value)
+    assert "'train.epoch'" in str(err.value) and "Did you mean 'train.epochs'" in str(err.value)
 
 
 def test_misspelt_table_and_wrong_type_in_overrides():

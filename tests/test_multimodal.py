@@ -33,11 +33,11 @@ def test_ingest_reads_each_modality_and_records_what_it_could_not(store, tmp_pat
     catalog = pd.read_csv(MM / "objects.csv")
     catalog.loc[catalog["object_id"] == "CSP_SN2005A", "lightcurve_file"] = \
         "lightcurves/NOT_THERE.csv"  # the object stays; its light curve is a recorded failure
-    (tmp_path / "lightcurves").mkdir()
     catalog.to_csv(tmp_path / "objects.csv", index=False)
-    for f in (MM / "lightcurves").iterdir():
-        (tmp_path / "lightcurves" / f.name).write_bytes(f.read_bytes())
-    (tmp_path / "spectra").symlink_to(MM / "spectra")
+    for sub in ("lightcurves", "spectra"):  # copies: a symlink out of the catalog's folder
+        (tmp_path / sub).mkdir()            # would be refused (outside_folder)
+        for f in (MM / sub).iterdir():
+            (tmp_path / sub / f.name).write_bytes(f.read_bytes())
     run = hm.ingest(None, {**BASE, "ingest.catalog": str(tmp_path / "objects.csv")})
     cfg = hm.load_config(None, BASE)
     root = fetch_artifacts(run.run_id, "dataset", cfg)

@@ -242,3 +242,15 @@ def test_infer_from_a_registered_model(demo_store):
     assert tags["hyrax.input.model"] == trained.run_id
     assert tags["hyrax.input.dataset"] == result["dataset"].run_id
     assert tags["hyrax.model_uri"] == "models:/xdf-autoencoder/1"
+
+
+def test_demo_columns_are_known_before_its_dataset_exists(demo_store):
+    """`pipeline` checks the columns a config names against these before any run: they must
+    be exactly what the xdf source writes."""
+    from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
+    from hyrax_mlops.sources.xdf import CATALOG_COLUMNS
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    result, cfg = demo_store
+    data = Dataset(fetch_artifacts(result["dataset"].run_id, ARTIFACT_DIR, cfg))
+    assert list(data.catalog.columns) == list(CATALOG_COLUMNS)

@@ -349,3 +349,77 @@ def test_streaming_trains_from_the_service_and_reads_the_cache_after(store, rubi
     assert len(cutout_calls) <= 2 * len(on_sky) + 2
     cached = list((store / ".hyrax/stream").rglob("*.npy"))
     assert len(cached) == 2 * len(on_sky)
+
+
+def test_streamed_cutouts_that_fail_are_left_out_of_batches_and_counted(store, rubin_env,
+                                                                        capfd):
+    """The service has no data at the OFF positions: those objects never reach a batch (they
+    were once trained on as all-zero stamps) and the train run counts them."""
+    import mlflow
+
+    from hyrax_mlops.data.provider import DataProvider
+
+    with RubinServer(token=TOKEN) as server:
+        cfg = rubin_config(server, **{"data.mode": "stream", "download.bands": ["g", "r"],
+                                      "train.epochs": 1, "data.batch_size": 4,
+                                      "model.widths": [8, 16], "model.latent_dim": 4})
+        run = hm.train(cfg)
+        train = mlflow.get_run(run.run_id)
+        assert train.info.status == "FINISHED"
+        assert train.data.metrics["stream_failed_objects"] == len(OFF)
+        said = capfd.readouterr().err
+        assert f"stream: {len(OFF)} object(s) could not be fetched and are left out" in said
+        assert all(o in said for o in OFF)
+
+        provider = DataProvider(train.data.tags["hyrax.input.dataset"], cfg)
+        ids = provider.catalog["object_id"].astype(str).to_numpy()
+        in_splits = {s: set(ids[provider.rows(s)]) for s in ("train", "val", "test")}
+        assert set().union(*in_splits.values()) >= OFF  # they would have been in batches
+        seen: set[str] = set()
+        for split in ("train", "val", "test"):
+            for batch in provider.dataloader(split, batch_size=4):
+                got = set(ids[batch["row"].numpy()])
+                assert not got & OFF, f"{split} batch holds failed objects {got & OFF}"
+                assert len(batch["image"]) == len(batch["row"]) > 0
+                assert bool((batch["image"].flatten(1).abs().amax(1) > 0).all())  # no zeros
+                seen |= got
+        on_sky = set(pd.read_csv(CATALOG)["object_id"].astype(str)) - OFF
+        assert seen == on_sky & set().union(*in_splits.values())
+        assert provider.report_stream_failures() == len(OFF)
+
+        from hyrax_mlops.stages.infer import read_embeddings
+
+        embedded = hm.infer(cfg, train_run=run.run_id)  # no embedding made from zeros either
+        got_ids, vectors = read_embeddings(embedded.run_id, cfg)
+        assert set(got_ids) == on_sky and len(vectors) == len(on_sky)
+        assert mlflow.get_run(embedded.run_id).data.metrics["stream_failed_objects"] == len(OFF)
+
+
+def test_a_catalog_edited_in_place_makes_a_new_download_run(store, rubin_env):
+    """The download run is keyed by the catalog's content (sha256), not only by its path."""
+    import hashlib
+    import shutil
+
+    import mlflow
+
+    from hyrax_mlops.stages.download import _spec_and_body
+
+    catalog = store / "targets.csv"
+    shutil.copy(CATALOG, catalog)
+    with RubinServer(token=TOKEN) as server:
+        over = {"data.mode": "stream", "download.catalog": str(catalog)}
+        first = hm.download(rubin_config(server, **over))
+        again = hm.download(rubin_config(server, **over))
+        assert not first.reused and again.reused and again.run_id == first.run_id
+        tag = mlflow.get_run(first.run_id).data.tags["hyrax.data_fingerprint"]
+        assert hashlib.sha256(catalog.read_bytes()).hexdigest() in tag
+        dataset_spec = _spec_and_body(rubin_config(server, **{"download.catalog":
+                                                               str(catalog)}))[0]
+        lines = catalog.read_text().splitlines()
+        catalog.write_text("\n".join(lines[:-3]) + "\n")  # same path, three objects fewer
+        edited = hm.download(rubin_config(server, **over))
+        assert not edited.reused and edited.run_id != first.run_id
+        assert len(dataset_of(edited.run_id).catalog) == len(dataset_of(first.run_id).catalog) - 3
+        assert _spec_and_body(rubin_config(server, **{"download.catalog": str(catalog)})
+                              )[0].fingerprint != dataset_spec.fingerprint
+    assert server.served == {}  # a streamed download fetches no pixels

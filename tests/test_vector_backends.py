@@ -114,3 +114,164 @@ def test_lancedb_takes_a_large_upsert_in_chunks_with_gaps_in_the_metadata(tmp_pa
     table = index._table.to_arrow()
     assert table.column("z").null_count == 150 and table.schema.field("z").type == "double"
     np.testing.assert_allclose(index.get_vectors(["ID249"]), x[[249]])
+
+
+# ------------------------------------------------------------- identity and honest failures
+def _runs_of(stage: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    exps = [e.experiment_id for e in mlflow.search_experiments()]
+    return MlflowClient().search_runs(exps, f"tags.`hyrax.stage` = '{stage}'")
+
+
+def test_other_index_settings_make_another_collection_with_honest_recall(demo_sandbox,
+                                                                         tmp_path):
+    """A cosine index then an l2 index of the same embeddings: two runs, two collections, and
+    the l2 run measures and searches l2 (it once reused the cosine collection: recall 0.26)."""
+    import chromadb
+
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    result, cfg = demo_sandbox
+    infer_id = result["infer"].run_id
+    path = str(tmp_path / "chroma")
+    cos = hm.index(cfg, {"index.path": path, "index.metric": "cosine"}, embeddings=infer_id)
+    l2 = hm.index(cfg, {"index.path": path, "index.metric": "l2"}, embeddings=infer_id)
+    assert not cos.reused and not l2.reused and cos.run_id != l2.run_id
+    names = {r: mlflow.get_run(r).data.tags["hyrax.index.collection"]
+             for r in (cos.run_id, l2.run_id)}
+    assert names[cos.run_id] != names[l2.run_id]
+    assert names[cos.run_id].startswith(f"hyrax-{infer_id}-chroma-cosine-")
+    assert names[l2.run_id].startswith(f"hyrax-{infer_id}-chroma-l2-")
+    client = chromadb.PersistentClient(path=path)
+    assert set(names.values()) <= {c.name for c in client.list_collections()}
+    for run_id, name in names.items():  # each collection was built with its own metric
+        space = client.get_collection(name).configuration_json["hnsw"]["space"]
+        assert space == mlflow.get_run(run_id).data.params["index.metric"]
+    assert mlflow.get_run(l2.run_id).data.metrics["recall_at_10"] >= 0.9
+
+    ids, vectors = read_embeddings(infer_id, cfg)
+    row = int(np.flatnonzero(ids == "XDF00010")[0])
+    hits = hm.search_by_id(l2.run_id, "XDF00010", k=5)
+    truth, truth_d = exact_knn(vectors, vectors[[row]], 5, "l2")
+    assert list(hits["object_id"]) == list(ids[truth[0]])
+    np.testing.assert_allclose(hits["distance"], truth_d[0], rtol=1e-3, atol=1e-3)
+    # the cosine run still answers in cosine distances (1 - cos), not l2
+    cos_hits = hm.search_by_id(cos.run_id, "XDF00010", k=5)
+    _, cos_d = exact_knn(vectors, vectors[[row]], 5, "cosine")
+    np.testing.assert_allclose(cos_hits["distance"], cos_d[0], rtol=1e-3, atol=1e-3)
+    # and asking again for either reuses its own run
+    assert hm.index(cfg, {"index.path": path, "index.metric": "l2"},
+                    embeddings=infer_id).run_id == l2.run_id
+
+
+def test_collection_names_follow_content_settings_only():
+    from hyrax_mlops.vectors import collection_name
+
+    rid = "0123456789abcdef0123456789abcdef"
+    base = collection_name(rid, IndexConfig())
+    assert base.startswith(f"hyrax-{rid}-chroma-cosine-") and len(base) <= 512
+    for key, value in (("metric", "ip"), ("ef_construction", 100), ("max_neighbors", 16),
+                       ("ef_search", 50)):
+        assert collection_name(rid, IndexConfig(**{key: value})) != base, key
+    lance = IndexConfig(backend="lancedb")
+    for key, value in (("ivf_partitions", 8), ("pq_sub_vectors", 4), ("ivf_min_rows", 10)):
+        assert collection_name(rid, lance.model_copy(update={key: value})) != \
+            collection_name(rid, lance), key
+    for key, value in (("nprobes", 5), ("refine_factor", 2)):  # query-time: same table
+        assert collection_name(rid, lance.model_copy(update={key: value})) == \
+            collection_name(rid, lance), key
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_a_store_that_refuses_connections_is_an_error_not_gone():
+    from hyrax_mlops.vectors import IndexUnreachable
+
+    cls = VECTOR_BACKENDS.get("chroma")
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(IndexUnreachable, match=r"cannot reach the chroma index at "
+                       rf"{url}.*Fix: check that the Chroma server") as err:
+        cls.exists({"backend": "chroma", "url": url}, "hyrax-x")
+    assert "not rebuilt" in str(err.value)
+
+
+@pytest.fixture
+def chroma_behind_token(tmp_path, monkeypatch):
+    """`chroma run` behind the repo's token proxy, both on loopback; yields (proxy url,
+    token, proxy process)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from servers import _wait_port, chroma_server, free_port, stop
+
+    token = "chroma-tok-9f3K-s3cret"
+    token_file = tmp_path / "chroma.token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, token.encode())
+    os.close(fd)
+    monkeypatch.setenv("CHROMA_TOKEN", token)
+    proxy_script = Path(__file__).resolve().parents[1] / "infra" / "token_proxy.py"
+    with chroma_server(tmp_path / "chroma") as upstream:
+        port = free_port()
+        proxy = subprocess.Popen([sys.executable, str(proxy_script), "--listen-port", str(port),
+                                  "--upstream", upstream, "--token-file", str(token_file)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_port("127.0.0.1", port, proxy)
+            yield url, token, proxy
+        finally:
+            stop(proxy)
+
+
+def test_an_unreachable_index_is_an_error_a_deleted_one_is_rebuilt(demo_sandbox,
+                                                                    chroma_behind_token,
+                                                                    monkeypatch):
+    import chromadb
+
+    from hyrax_mlops.vectors import IndexUnreachable
+
+    from servers import stop
+
+    result, cfg = demo_sandbox
+    url, token, proxy = chroma_behind_token
+    infer_id = result["infer"].run_id
+    over = {"index.url": url}
+    first = hm.index(cfg, over, embeddings=infer_id)
+    assert not first.reused
+    name = mlflow.get_run(first.run_id).data.tags["hyrax.index.collection"]
+    assert hm.index(cfg, over, embeddings=infer_id).run_id == first.run_id  # reachable: reused
+
+    # deleted at the server: the backend says "not found", so the index is rebuilt
+    port = int(url.rsplit(":", 1)[1])
+    client = chromadb.HttpClient(host="127.0.0.1", port=port,
+                                 headers={"Authorization": f"Bearer {token}"})
+    client.delete_collection(name)
+    rebuilt = hm.index(cfg, over, embeddings=infer_id)
+    assert not rebuilt.reused and rebuilt.run_id != first.run_id
+    assert client.get_collection(name).count() == 300
+    n_runs = len(_runs_of("index"))
+
+    # a token the server refuses (401): an error naming where and what to fix, no rebuild
+    monkeypatch.setenv("CHROMA_TOKEN", "wrong-token-Xy7")
+    with pytest.raises(IndexUnreachable, match=rf"chroma index at {url}.*CHROMA_TOKEN") as err:
+        hm.index(cfg, over, embeddings=infer_id)
+    assert "wrong-token-Xy7" not in str(err.value) and token not in str(err.value)
+    with pytest.raises(IndexUnreachable):
+        hm.search_by_id(rebuilt.run_id, "XDF00010", k=3)
+    monkeypatch.setenv("CHROMA_TOKEN", token)
+
+    # the server down (connection refused): the same
+    stop(proxy)
+    with pytest.raises(IndexUnreachable, match=rf"cannot reach the chroma index at {url}"):
+        hm.index(cfg, over, embeddings=infer_id)
+    assert len(_runs_of("index")) == n_runs  # nothing was rebuilt

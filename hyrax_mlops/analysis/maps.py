@@ -33,8 +33,8 @@ def map_png(table: pd.DataFrame, title: str, color_by: str | None):
     fig = plt.figure(figsize=(6.5, 5.5))
     ax = fig.add_subplot(projection="3d" if three_d else None)
     c, label = (colour_scale(table[color_by]) if color_by in table else (None, ""))
-    pts = ax.scatter(*(table[k] for k in COORDS if k in table), c=c, s=6, cmap="viridis",
-                     linewidths=0)
+    colour = {"c": c, "cmap": "viridis"} if c is not None else {"color": "tab:blue"}
+    pts = ax.scatter(*(table[k] for k in COORDS if k in table), s=6, linewidths=0, **colour)
     if c is not None:
         fig.colorbar(pts, ax=ax, label=label, shrink=0.8)
     ax.set_title(title)

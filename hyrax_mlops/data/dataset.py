@@ -3,6 +3,8 @@
     dataset/catalog.parquet        one row per object, in shard order (object_id first)
     dataset/shards/image-00000.npy float32 (n, bands, height, width), `shard_size` rows each
     dataset/manifest.json          counts, bands, shape, checksums, and every failure
+    dataset/wcs.parquet            object_id, wcs_header (FITS header text) of each stamp that
+                                   carries a celestial WCS (only when some do)
 
 A catalog-only dataset (`modality: tabular`: shape [], no shards) serves models that read
 catalog features (`data.features`).
@@ -23,9 +25,11 @@ from hyrax_mlops.errors import DataError
 
 FORMAT = "hyrax-dataset/1"
 ARTIFACT_DIR = "dataset"
+WCS_FILE = "wcs.parquet"
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256, hex."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -47,8 +51,14 @@ class DatasetWriter:
         self.failures: list[dict[str, str]] = []
         self._buffer: list[np.ndarray] = []
         self._shards: list[dict[str, Any]] = []
+        self._wcs: list[tuple[str, str]] = []
+
+    def add_wcs(self, object_id: str, header: str) -> None:
+        """Keep an added stamp's WCS (as FITS header text) for `wcs.parquet`."""
+        self._wcs.append((str(object_id), header))
 
     def add(self, row: dict[str, Any], stamp: np.ndarray | None = None) -> None:
+        """One object: its catalog row and (unless catalog-only) its stamp."""
         if not self.shape:  # catalog-only
             self.rows.append(row)
             return
@@ -61,6 +71,7 @@ class DatasetWriter:
             self._flush()
 
     def fail(self, object_id: str, reason: str, detail: str = "", file: str = "") -> None:
+        """Record one object that is not in the dataset, and why."""
         self.failures.append(
             {"object_id": str(object_id), "file": file, "reason": reason, "detail": detail}
         )
@@ -76,12 +87,19 @@ class DatasetWriter:
         self._buffer = []
 
     def close(self, source: dict[str, Any], requested: int,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              extra: dict[str, Any] | None = None,
+              counts: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write the catalog and manifest (also when nothing was usable: see `check_usable`);
-        `extra` adds keys to the manifest (e.g. what a streamed dataset fetches)."""
+        `extra` adds keys to the manifest (e.g. what a streamed dataset fetches), `counts`
+        to its counts."""
         self._flush()
         catalog = pd.DataFrame(self.rows, columns=None if self.rows else ["object_id"])
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
+        if self._wcs:
+            pd.DataFrame(self._wcs, columns=["object_id", "wcs_header"]).to_parquet(
+                self.out / WCS_FILE, index=False)
+            extra = {**(extra or {}), "wcs": {"file": WCS_FILE, "rows": len(self._wcs),
+                                              "sha256": sha256_file(self.out / WCS_FILE)}}
         manifest = {
             "format": FORMAT,
             "modality": "image" if self.shape else "tabular",
@@ -97,6 +115,7 @@ class DatasetWriter:
                 "ingested": len(self.rows),
                 "failed": len(self.failures),
                 "failed_by_reason": dict(Counter(f["reason"] for f in self.failures)),
+                **(counts or {}),
             },
             "failures": self.failures,
             "source": source,
@@ -147,7 +166,29 @@ class Dataset:
 
     @property
     def ids(self) -> np.ndarray:
+        """object_id of every row, as text."""
         return self.catalog["object_id"].astype(str).to_numpy()
+
+    def wcs_headers(self) -> pd.DataFrame:
+        """object_id and wcs_header (FITS header text) of each stamp that has a celestial WCS;
+        empty when none has."""
+        if getattr(self, "_wcs_table", None) is None:
+            path = self.root / WCS_FILE
+            self._wcs_table = (pd.read_parquet(path) if "wcs" in self.manifest and path.is_file()
+                               else pd.DataFrame({"object_id": pd.Series(dtype=str),
+                                                  "wcs_header": pd.Series(dtype=str)}))
+        return self._wcs_table
+
+    def wcs(self, object_id: str) -> Any:
+        """The `astropy.wcs.WCS` of one object's stamp, or None when it has none."""
+        from astropy.io import fits
+        from astropy.wcs import WCS
+
+        table = self.wcs_headers()
+        match = table.loc[table["object_id"] == str(object_id), "wcs_header"]
+        if match.empty:
+            return None
+        return WCS(fits.Header.fromstring(match.iloc[0]))
 
     def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """float32 (len(rows), bands, h, w), gathered across shards in the order asked."""

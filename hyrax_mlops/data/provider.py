@@ -27,8 +27,10 @@ class _Images(TorchDataset):
     def __init__(self, data: Dataset, rows: np.ndarray, norm: Normalizer,
                  memory: torch.Tensor | None = None, labels: np.ndarray | None = None,
                  tabular: tuple[np.ndarray, np.ndarray] | None = None,
-                 series: dict[str, np.ndarray] | None = None) -> None:
+                 series: dict[str, np.ndarray] | None = None, *,
+                 drop_failed: bool = False, on_failed=None) -> None:
         self.data, self.rows, self.norm, self.memory = data, rows, norm, memory
+        self.drop_failed, self.on_failed = drop_failed, on_failed
         self.labels = None if labels is None else torch.from_numpy(labels)
         self.tabular = None if tabular is None else tuple(map(torch.from_numpy, tabular))
         self.series = {k: torch.from_numpy(v) for k, v in (series or {}).items()}
@@ -38,12 +40,20 @@ class _Images(TorchDataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         rows = torch.from_numpy(self.rows[np.asarray(indices, dtype=np.int64)])
+        x = None
+        if self.memory is None and self.data.shape and self.data.streamed:
+            x, ok = self.data.stream.fetch(rows.numpy())
+            if self.on_failed is not None:
+                self.on_failed()
+            if self.drop_failed and not ok.all():  # a failed cutout is left out, never zeros
+                rows, x = rows[torch.from_numpy(ok)], x[ok]
         batch = {"row": rows}
         if self.memory is not None:
             batch["image"] = self.memory[rows]
         elif self.data.shape:  # a catalog-only dataset has no pixels
-            x = self.norm.apply(self.data.images(rows.numpy()), inplace=True)
-            batch["image"] = torch.from_numpy(x)
+            if x is None:
+                x = self.data.images(rows.numpy())
+            batch["image"] = torch.from_numpy(self.norm.apply(x, inplace=True))
         if self.tabular is not None:
             batch["tabular"], batch["tabular_mask"] = (t[rows] for t in self.tabular)
         for key, values in self.series.items():  # lightcurve(_mask), spectrum(_mask)
@@ -72,7 +82,8 @@ class _Prefetched:
     def __iter__(self):
         from hyrax_mlops.data.prefetch import prefetch
 
-        return prefetch(iter(self.loader), self.depth)
+        # a batch whose every cutout failed is empty: skipped, not trained on
+        return (b for b in prefetch(iter(self.loader), self.depth) if len(b["row"]))
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -99,6 +110,7 @@ class DataProvider:
             from hyrax_mlops.sources.stream import CutoutStream
 
             self.data.stream = CutoutStream(self.data.manifest, self.data.catalog, cfg.data)
+            self._stream_run()  # now, in the stage's thread: batches are made in another
         self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
         self.classes, self.labels = self._labels(cfg)
         self.normalizer = normalizer or self._fit(cfg.data.normalize)
@@ -112,6 +124,44 @@ class DataProvider:
         self.tabular = scaler.transform(self.catalog) if scaler is not None else None
         self.series = self._series(cfg, normalizer is None)
         self._memory: torch.Tensor | None = None
+
+    def _stream_run(self) -> str | None:
+        """The run a streamed dataset's failures are counted on (the one active when the
+        provider was made: train, or infer), looked up once."""
+        if not hasattr(self, "_failures_run"):
+            import mlflow
+
+            active = mlflow.active_run()
+            self._failures_run = active.info.run_id if active else None
+            self._failures_said = 0
+        return self._failures_run
+
+    def report_stream_failures(self) -> int:
+        """Count the objects a streamed dataset could not fetch so far: logged as the metric
+        `stream_failed_objects` (and said) each time it grows. Returns the count."""
+        stream = getattr(self.data, "stream", None)
+        if stream is None:
+            return 0
+        run_id = self._stream_run()
+        failed = stream.failed_objects
+        if len(failed) <= self._failures_said:
+            return len(failed)
+        self._failures_said = len(failed)
+        if run_id:
+            import contextlib
+
+            from mlflow.tracking import MlflowClient
+
+            with contextlib.suppress(Exception):  # counting must never stop training
+                MlflowClient().log_metric(run_id, "stream_failed_objects", len(failed),
+                                          step=len(failed))
+        from hyrax_mlops.tracking import say
+
+        shown = ", ".join(f"{o} ({why})" for o, why in list(failed.items())[:5])
+        more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+        say(f"stream: {len(failed)} object(s) could not be fetched and are left out of the "
+            f"batches, not trained on as zeros: {shown}{more} (metric stream_failed_objects)")
+        return len(failed)
 
     def _series(self, cfg: Config, fit: bool) -> dict[str, np.ndarray]:
         """Light-curve and spectrum tensors with masks for every row, when the dataset has
@@ -216,8 +266,10 @@ class DataProvider:
             rows = self.rows()
         if self.data.streamed:
             rows = rows[:: max(1, len(rows) // _STREAM_FIT_SAMPLE)][:_STREAM_FIT_SAMPLE]
-        else:
-            rows = rows[:: max(1, len(rows) // _FIT_SAMPLE)]
+            images, ok = self.data.stream.fetch(rows)
+            self.report_stream_failures()
+            return fit_normalizer(method, images[ok] if ok.any() else images)
+        rows = rows[:: max(1, len(rows) // _FIT_SAMPLE)]
         return fit_normalizer(method, self.data.images(rows))
 
     def _in_memory(self) -> torch.Tensor | None:
@@ -234,20 +286,28 @@ class DataProvider:
             self._memory = torch.from_numpy(memory)
         return self._memory
 
-    def torch_dataset(self, split: str | None = None, *, cache: bool = True) -> TorchDataset:
-        """`cache=False` for a single pass (inference): reading once costs less than copying."""
+    def torch_dataset(self, split: str | None = None, *, cache: bool = True,
+                      drop_failed: bool | None = None) -> TorchDataset:
+        """`cache=False` for a single pass (inference): reading once costs less than copying.
+        A streamed object whose cutout failed is left out of the batches of a split
+        (`drop_failed`, default: for a split, not for every row, where inference needs one
+        output per row) and counted (`report_stream_failures`)."""
+        if drop_failed is None:
+            drop_failed = split is not None
         return _Images(self.data, self.rows(split), self.normalizer,
                        self._in_memory() if cache else self._memory, self.labels,
-                       self.tabular, self.series)
+                       self.tabular, self.series, drop_failed=drop_failed,
+                       on_failed=self.report_stream_failures if self.data.streamed else None)
 
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
                    batch_size: int | None = None, seed: int = 0,
-                   cache: bool = True, prefetch: bool = True) -> DataLoader | _Prefetched:
+                   cache: bool = True, prefetch: bool = True,
+                   drop_failed: bool | None = None) -> DataLoader | _Prefetched:
         """Batches of one split. A streamed dataset's batches are prepared ahead in a thread
         unless `prefetch=False` (Ray Train wraps the DataLoader itself)."""
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(
-            self.torch_dataset(split, cache=cache),
+            self.torch_dataset(split, cache=cache, drop_failed=drop_failed),
             batch_size=batch_size or self.cfg.data.batch_size,
             shuffle=shuffle, generator=gen, num_workers=self.cfg.data.num_workers,
             collate_fn=_collate,

@@ -16,26 +16,47 @@ import numpy as np
 import pandas as pd
 
 LIGHTCURVES, SPECTRA = "lightcurves.parquet", "spectra.parquet"
+LIGHTCURVE_FORMAT = ("a CSV or Parquet table with columns time, band, and mag (+ mag_err) or "
+                     "flux, flux_err, zp")
+SPECTRUM_FORMAT = ("a FITS table in HDU 1 with WAVE, FLUX (+ ERR, MASK), or a CSV with wave, "
+                   "flux (+ err, mask)")
+
+
+class SeriesFormatError(ValueError):
+    """A light curve or spectrum file that is readable but not in the expected form; its
+    message says what is expected and never repeats the file's contents."""
+
+
+def _numeric(df: pd.DataFrame, column: str, kind: str) -> np.ndarray:
+    try:
+        return np.asarray(df[column], dtype=float)
+    except (TypeError, ValueError):
+        raise SeriesFormatError(f"the {kind}'s column {column} is not numeric") from None
 
 
 def read_lightcurve(path: Path) -> pd.DataFrame:
     """A CSV/Parquet light curve: `time`, `band`, and `mag`+`mag_err`, or `flux`+`flux_err`
     (+ `zp`, converted to magnitudes). Non-finite rows are dropped."""
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    missing = [c for c in ("time", "band") if c not in df.columns]
-    if missing:
-        raise ValueError(f"no column(s) {missing} (has {list(df.columns)})")
-    if "mag" not in df.columns:
-        if not {"flux", "flux_err", "zp"} <= set(df.columns):
-            raise ValueError("needs mag/mag_err, or flux/flux_err/zp")
-        flux = df["flux"].to_numpy(float)
+    columns = set(map(str, df.columns))
+    if not {"time", "band"} <= columns:
+        raise SeriesFormatError(f"a light curve needs columns time and band; expected "
+                                f"{LIGHTCURVE_FORMAT}")
+    time = _numeric(df, "time", "light curve")
+    if "mag" in columns:
+        mag = _numeric(df, "mag", "light curve")
+        mag_err = (_numeric(df, "mag_err", "light curve") if "mag_err" in columns
+                   else np.full(len(df), np.nan))
+    elif {"flux", "flux_err", "zp"} <= columns:
+        flux, flux_err, zp = (_numeric(df, c, "light curve") for c in ("flux", "flux_err", "zp"))
         with np.errstate(divide="ignore", invalid="ignore"):
-            df["mag"] = np.where(flux > 0, df["zp"] - 2.5 * np.log10(flux), np.nan)
-            df["mag_err"] = 1.0857 * df["flux_err"] / flux
-    if "mag_err" not in df.columns:
-        df["mag_err"] = np.nan
-    out = pd.DataFrame({"time": df["time"].astype(float), "band": df["band"].astype(str),
-                        "mag": df["mag"].astype(float), "mag_err": df["mag_err"].astype(float)})
+            mag = np.where(flux > 0, zp - 2.5 * np.log10(np.where(flux > 0, flux, 1.0)), np.nan)
+            mag_err = 1.0857 * flux_err / flux
+    else:
+        raise SeriesFormatError(f"a light curve needs mag/mag_err, or flux/flux_err/zp; "
+                                f"expected {LIGHTCURVE_FORMAT}")
+    out = pd.DataFrame({"time": time, "band": df["band"].astype(str).to_numpy(),
+                        "mag": mag, "mag_err": mag_err})
     return out[np.isfinite(out["time"]) & np.isfinite(out["mag"])].sort_values("time")
 
 
@@ -47,15 +68,22 @@ def read_spectrum(path: Path) -> pd.DataFrame:
 
         t = Table.read(path, hdu=1)
         cols = {c.lower(): c for c in t.colnames}
-        wave, flux = np.asarray(t[cols["wave"]], float), np.asarray(t[cols["flux"]], float)
-        err = np.asarray(t[cols["err"]], float) if "err" in cols else np.full_like(flux, np.nan)
-        mask = np.asarray(t[cols["mask"]]) if "mask" in cols else np.zeros(len(flux), int)
+        if not {"wave", "flux"} <= set(cols):
+            raise SeriesFormatError(f"a spectrum needs WAVE and FLUX columns; expected "
+                                    f"{SPECTRUM_FORMAT}")
+        df = pd.DataFrame({k: np.asarray(t[c]).astype(t[c].dtype.newbyteorder("="))
+                           for k, c in cols.items()
+                           if k in ("wave", "flux", "err", "mask") and t[c].ndim == 1})
     else:
         df = pd.read_csv(path)
-        wave, flux = df["wave"].to_numpy(float), df["flux"].to_numpy(float)
-        err = df["err"].to_numpy(float) if "err" in df else np.full_like(flux, np.nan)
-        mask = df["mask"].to_numpy() if "mask" in df else np.zeros(len(flux), int)
-    good = np.isfinite(wave) & np.isfinite(flux) & (np.asarray(mask) == 0)
+        df.columns = [str(c).lower() for c in df.columns]
+        if not {"wave", "flux"} <= set(df.columns):
+            raise SeriesFormatError(f"a spectrum needs wave and flux columns; expected "
+                                    f"{SPECTRUM_FORMAT}")
+    wave, flux = _numeric(df, "wave", "spectrum"), _numeric(df, "flux", "spectrum")
+    err = _numeric(df, "err", "spectrum") if "err" in df else np.full_like(flux, np.nan)
+    mask = _numeric(df, "mask", "spectrum") if "mask" in df else np.zeros(len(flux))
+    good = np.isfinite(wave) & np.isfinite(flux) & (mask == 0)
     out = pd.DataFrame({"wave": wave, "flux": flux, "err": err, "good": good})
     return out[np.isfinite(out["wave"])].sort_values("wave")
 
@@ -121,32 +149,49 @@ def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
                   lightcurve_column: str, spectrum_column: str, out_dir: Path,
                   manifest: dict) -> dict:
     """Read each kept object's light curve and spectrum files (catalog columns, paths relative
-    to `base_dir`) into the dataset's long tables; a file that is missing or unreadable is a
-    recorded failure of that modality, not of the object. Updates and returns `manifest`."""
+    to `base_dir`, the catalog's folder) into the dataset's long tables. A file that is
+    missing, unreadable or outside `base_dir` (never opened) is a recorded failure of that
+    modality, not of the object. Updates and returns `manifest`."""
     import json
     from collections import Counter
 
+    from hyrax_mlops.data.catalogs import NotAFile, OutsideFolder, resolve_inside
+
     modalities = [manifest.get("modality", "image")] if manifest.get("shape") else []
-    for column, reader, name, kind in ((lightcurve_column, read_lightcurve, LIGHTCURVES,
-                                        "lightcurve"),
-                                       (spectrum_column, read_spectrum, SPECTRA, "spectrum")):
+    for column, reader, name, kind, expected in (
+            (lightcurve_column, read_lightcurve, LIGHTCURVES, "lightcurve", LIGHTCURVE_FORMAT),
+            (spectrum_column, read_spectrum, SPECTRA, "spectrum", SPECTRUM_FORMAT)):
         if not column or column not in catalog.columns:
             continue
         parts = []
         for oid, file in zip(catalog["object_id"].astype(str), catalog[column], strict=True):
             if oid not in kept or not isinstance(file, str) or not file.strip():
                 continue
-            path = Path(base_dir) / file.strip()
+
+            def fail(reason: str, detail: str, oid: str = oid, file: str = file,
+                     kind: str = kind) -> None:
+                manifest["failures"].append({"object_id": oid, "file": file, "reason": reason,
+                                             "detail": detail[:500], "modality": kind})
+            try:
+                path = resolve_inside(base_dir, file)
+            except OutsideFolder as exc:
+                fail("outside_folder", f"{exc}: {kind} files must be inside the catalog's "
+                     f"folder {base_dir}")
+                continue
+            except (FileNotFoundError, NotAFile) as exc:
+                fail(f"missing_{kind}", str(exc))
+                continue
+            except OSError as exc:
+                fail(f"missing_{kind}", f"'{file.strip()}' cannot be reached ({exc.strerror})")
+                continue
             try:
                 part = reader(path)
-            except FileNotFoundError:
-                manifest["failures"].append({"object_id": oid, "file": file, "reason":
-                                             f"missing_{kind}", "detail": f"{path} not found"})
+            except SeriesFormatError as exc:
+                fail(f"unreadable_{kind}", str(exc))
                 continue
             except Exception as exc:  # one unreadable file is recorded, not fatal
-                manifest["failures"].append({"object_id": oid, "file": file, "reason":
-                                             f"unreadable_{kind}",
-                                             "detail": f"{type(exc).__name__}: {exc}"[:500]})
+                fail(f"unreadable_{kind}", f"{type(exc).__name__}: not readable as a {kind}; "
+                     f"expected {expected}")
                 continue
             parts.append(part.assign(object_id=oid))
         if parts:
@@ -155,28 +200,37 @@ def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
             manifest.setdefault("counts", {})[f"with_{kind}"] = len(parts)
     manifest["modalities"] = modalities or ["tabular"]
     manifest["counts"]["modality_failures"] = sum(
-        1 for f in manifest["failures"] if f["reason"].endswith(("lightcurve", "spectrum")))
+        1 for f in manifest["failures"]
+        if "modality" in f or f["reason"].endswith(("lightcurve", "spectrum")))
     manifest["counts"]["failed_by_reason"] = dict(Counter(f["reason"]
                                                           for f in manifest["failures"]))
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
-def series_fingerprint(catalog_path: Path, lightcurve_column: str, spectrum_column: str) -> str:
+def series_fingerprint(catalog_path: Path, lightcurve_column: str, spectrum_column: str,
+                       catalog: pd.DataFrame | None = None) -> str:
     """The catalog's bytes and the size and mtime of every light curve / spectrum file it
-    names: a changed file makes a new dataset instead of reusing the old run."""
+    names inside its folder (nothing outside it is stat'ed): a changed file makes a new
+    dataset instead of reusing the old run."""
     import hashlib
 
-    from hyrax_mlops.data.catalogs import read_catalog
+    from hyrax_mlops.data.catalogs import read_catalog, resolve_inside
     from hyrax_mlops.data.dataset import sha256_file
 
     h = hashlib.sha256(sha256_file(catalog_path).encode())
-    catalog = read_catalog(catalog_path)
+    if catalog is None:
+        catalog = read_catalog(catalog_path)
+    base = Path(catalog_path).parent
     for column in (lightcurve_column, spectrum_column):
         if column and column in catalog.columns:
-            for file in catalog[column].dropna().astype(str):
-                p = Path(catalog_path).parent / file.strip()
-                st = p.stat() if p.is_file() else None
-                h.update(f"{file}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}"
-                         .encode())
+            for file in catalog[column]:
+                if not isinstance(file, str) or not file.strip():
+                    continue
+                try:
+                    st = resolve_inside(base, file).stat()
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except (OSError, ValueError):  # missing, outside the folder, not a file
+                    size = mtime = -1
+                h.update(f"{file}|{size}|{mtime}".encode())
     return h.hexdigest()

@@ -107,6 +107,10 @@ class Evaluation:
     labels: np.ndarray | None = None
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def evaluate_all(model: torch.nn.Module, loader, device: torch.device) -> Evaluation:
     """Mean loss and named values per sample over a loader (all workers' shards; nan for an
     empty one), and the predicted probabilities of a classifier with their labels."""
@@ -116,6 +120,8 @@ def evaluate_all(model: torch.nn.Module, loader, device: torch.device) -> Evalua
     probs, labels = [], []
     with torch.no_grad():
         for batch in loader:
+            if "row" in batch and not len(batch["row"]):
+                continue  # every streamed cutout of it failed: nothing to evaluate
             batch = to_device(batch, device)
             size = len(next(iter(batch.values())))
             loss, parts = split_output(model.training_step(batch))
@@ -176,6 +182,8 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         model.train()
         start, total, seen, sums = time.perf_counter(), 0.0, 0, {}
         for batch in train_loader:
+            if "row" in batch and not len(batch["row"]) and not _distributed():
+                continue  # every streamed cutout of it failed (DDP ranks must all step)
             batch = to_device(batch, device)
             opt.zero_grad(set_to_none=True)
             loss, parts = split_output(step(batch))

@@ -87,6 +87,7 @@ def model_params(cfg: ModelConfig, data_info: dict[str, Any] | None = None) -> d
                     f"unknown config key 'model.{key}' for model '{cfg.name}'.{hint} "
                     f"(its arguments: {', '.join(valid) or 'none'})"
                 )
+    _check_types(cls, cfg.name, params)
     resolved = {n: sig.parameters[n].default for n in valid
                 if sig.parameters[n].default is not inspect.Parameter.empty}
     for key, value in (data_info or {}).items():
@@ -94,6 +95,41 @@ def model_params(cfg: ModelConfig, data_info: dict[str, Any] | None = None) -> d
             resolved[key] = value
     resolved.update(params)
     return resolved
+
+
+def _check_types(cls: type, model_name: str, params: dict[str, Any]) -> None:
+    """Each [model] value against the constructor's annotation, so `latent_dim = "x"` fails
+    when the config is checked, not inside a train run. Unannotated or unresolvable hints are
+    left to the model."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    from hyrax_mlops.config import _numeric
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a user model's hints that cannot be resolved: nothing to check
+        return
+    for key, value in params.items():
+        hint = hints.get(key)
+        if hint is None or hint is typing.Any:
+            continue
+        problem = None
+        if isinstance(value, bool) and _numeric(hint):
+            problem = "a number, not true/false"
+        else:
+            try:
+                TypeAdapter(hint).validate_python(value)
+            except ValidationError as exc:
+                problem = exc.errors()[0]["msg"]
+            except Exception:  # a hint pydantic cannot check (a torch type, say)
+                continue
+        if problem:
+            shown = (hint.__name__ if isinstance(hint, type) else
+                     str(hint).replace("typing.", "").replace("collections.abc.", ""))
+            raise ConfigError(f"config key 'model.{key}' = {value!r} does not fit model "
+                              f"'{model_name}': it takes {shown} ({problem}).")
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...],

@@ -5,7 +5,9 @@ size) instead of shards; the DataProvider asks the source for each batch's cutou
 the same engine (parallel requests, retries, validation) and keeps them in an on-disk cache
 capped at `data.stream_cache_gb`, evicting the least recently used, so later epochs read
 locally. Batches are prepared ahead of the training loop in a background thread.
-A cutout that cannot be fetched is served as zeros and counted (`failed`), never fatal.
+A cutout that cannot be fetched is never fatal and never trained on as zeros: `fetch` says
+which rows have every band, the DataProvider leaves the others out of the batch, and the
+objects that failed are counted (`failed_objects`; the train run's `stream_failed_objects`).
 """
 
 from __future__ import annotations
@@ -110,10 +112,25 @@ class CutoutStream:
         self.store = LRUCutoutStore(self.root / "cutouts", int(data.stream_cache_gb * 2**30))
         self.targets = [Target(str(o), float(r), float(d)) for o, r, d in
                         zip(catalog["object_id"], catalog["ra"], catalog["dec"], strict=True)]
-        self.failed: dict[str, dict] = {}
+        self.failed: dict[str, dict] = {}  # item key (object, band) -> the journal's record
+        self._failed_objects: dict[str, str] = {}  # object_id -> reason, once seen in a batch
+        self.unread = 0  # rows left out because the cache dropped a stamp before it was read
         self._lock = threading.Lock()  # one batch fetch at a time; each is parallel inside
 
+    @property
+    def failed_objects(self) -> dict[str, str]:
+        """Objects with a cutout that could not be fetched: object_id -> reason."""
+        with self._lock:
+            return dict(self._failed_objects)
+
     def images(self, rows) -> np.ndarray:
+        """Stamps of `rows`; a row whose cutout failed is all zeros (see `fetch`)."""
+        return self.fetch(rows)[0]
+
+    def fetch(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(stamps, ok): the stamps of `rows`, and which rows have every band. A row that is not
+        ok (a failed cutout, or one a tiny cache dropped before it was read) holds zeros and
+        must be left out by the caller."""
         targets = [self.targets[int(r)] for r in rows]
         with self._lock:
             missing = [(t, b) for t in targets for b in self.bands
@@ -125,15 +142,28 @@ class CutoutStream:
                     self.source.fetch(missing, self.store, journal, ctx)
                     self.failed.update(journal.failed)
             out = np.zeros((len(targets), *self.shape), np.float32)
+            ok = np.ones(len(targets), dtype=bool)
             per_band = self.shape[0] // len(self.bands)
             for i, t in enumerate(targets):
                 for j, band in enumerate(self.bands):
-                    if item_key(t.object_id, band) in self.failed:
-                        continue
+                    key = item_key(t.object_id, band)
+                    if key in self.failed:
+                        ok[i] = False
+                        self._failed_objects.setdefault(t.object_id, _reason(self.failed[key]))
+                        break
                     try:
                         out[i, j * per_band:(j + 1) * per_band] = self.store.get(t.object_id,
                                                                                  band)
-                    except FileNotFoundError:  # evicted meanwhile by a tiny cache: zeros
-                        continue
+                    except FileNotFoundError:  # evicted meanwhile by a tiny cache
+                        ok[i] = False
+                        self.unread += 1
+                        break
+        out[~ok] = 0.0
         np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        return out
+        return out, ok
+
+
+def _reason(detail) -> str:
+    if isinstance(detail, dict):
+        return str(detail.get("reason") or detail.get("error") or "failed")
+    return str(detail or "failed")

@@ -59,6 +59,12 @@ def detect(rgb: np.ndarray, threshold: float, min_area: int) -> dict[str, np.nda
     return out
 
 
+# The catalog columns of an xdf dataset, known before it is made (checked by the tests).
+CATALOG_COLUMNS = ("object_id", "ra", "dec", "x", "y", "flux", "flux_err", "peak", "npix", "a",
+                   "b", "theta", "kron_radius", "r_half", "sep_flag",
+                   *(f"flux_{band.lower()}" for band in BANDS))
+
+
 @SOURCES.register("xdf")
 def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[str, Any]:
     """Detect, measure and cut the XDF galaxies whose whole stamp lies inside the image."""

@@ -37,7 +37,15 @@ def check(cfg: Config):
     if cfg.download.source in SURVEYS:
         from hyrax_mlops.config import require_path
 
-        require_path(cfg, "download.catalog", "file")
+        catalog = require_path(cfg, "download.catalog", "file")
+        from hyrax_mlops.sources.survey import read_targets
+
+        targets, _, _ = read_targets(catalog, cfg.download.limit)  # unreadable: DataError
+        if not targets:
+            from hyrax_mlops.errors import DataError
+
+            raise DataError(f"catalog '{catalog}' has no row with a usable position (ra, dec "
+                            "in degrees): there is nothing to download.")
         # a bad band, a missing Butler or missing credentials stop here, before a run exists
         survey_source(cfg.download).credentials()
     elif cfg.data.mode == "stream":
@@ -129,11 +137,27 @@ def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -
     return run_stage(*_spec_and_body(cfg), force=force, parent_run_id=parent_run_id)
 
 
+def catalog_fingerprint(cfg: Config) -> str | None:
+    """sha256 of a survey download's catalog file: its content, not its path, is what the
+    dataset is made of (a catalog edited in place makes a new download run)."""
+    if cfg.download.source not in SURVEYS or not cfg.download.catalog:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(Path(cfg.download.catalog).expanduser(), "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return f"catalog-sha256:{digest.hexdigest()}"
+
+
 def _spec_and_body(cfg: Config):
-    source = check(cfg)
+    source = check(cfg)  # the catalog exists from here on
+    catalog = catalog_fingerprint(cfg)
     if cfg.data.mode == "stream":  # the catalog and what to fetch; pixels come per batch
-        return StageSpec("download", SECTIONS, fingerprint="stream"), cfg, _stream_body(cfg)
-    return StageSpec("download", SECTIONS), cfg, _body(cfg, source)
+        fingerprint = "stream" + (f"+{catalog}" if catalog else "")
+        return StageSpec("download", SECTIONS, fingerprint=fingerprint), cfg, _stream_body(cfg)
+    return StageSpec("download", SECTIONS, fingerprint=catalog), cfg, _body(cfg, source)
 
 
 def resume(run_id: str) -> StageRun:

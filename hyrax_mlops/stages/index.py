@@ -9,7 +9,7 @@ import numpy as np
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
-from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name
+from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name, legacy_collection_name
 
 SECTIONS = ("index",)
 TAG_LOCATION = "hyrax.index.location"
@@ -28,14 +28,17 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
     backend_cls = backend(cfg)
     dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
-    name = collection_name(infer_run_id)
+    name = collection_name(infer_run_id, cfg.index)
     spec = StageSpec("index", SECTIONS,
                      inputs={"embeddings": infer_run_id, "dataset": dataset_run_id})
 
     def still_there(run) -> bool:
-        """A reused index run is only good if its collection still holds every vector."""
+        """A reused index run is only good if its collection still holds every vector. A
+        collection the backend says is gone means re-index; a store that cannot be reached
+        raises (IndexUnreachable): an outage or a bad token is not a reason to rebuild."""
         location = json.loads(run.data.tags.get(TAG_LOCATION, "{}"))
-        size = backend_cls.exists(location, name) if location else None
+        recorded = recorded_collection(run)
+        size = backend_cls.exists(location, recorded) if location else None
         return size is not None and size == run.data.metrics.get("n_vectors")
 
     def body(run_id: str) -> None:
@@ -43,6 +46,12 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id,
                      still_valid=still_there)
+
+
+def recorded_collection(run) -> str:
+    """The collection an index run wrote (its tag), or the name runs used before the tag."""
+    return run.data.tags.get(TAG_COLLECTION) or legacy_collection_name(
+        run.data.tags.get("hyrax.input.embeddings", ""))
 
 
 def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
@@ -89,7 +98,9 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
     recall = exact_recall(vectors, found, ids, queries, k, cfg.index.metric)
     location = index.location()
     mlflow.set_tags({TAG_LOCATION: json.dumps(location), TAG_COLLECTION: name})
-    mlflow.log_dict({"collection": name, "metric": cfg.index.metric, **location},
+    mlflow.log_dict({"collection": name, "metric": cfg.index.metric,
+                     "identity": {"backend": cfg.index.backend,
+                                  **backend_cls.identity(cfg.index)}, **location},
                     "index.json")
     mlflow.log_metrics({"n_vectors": index.count(), "insert_s": elapsed,
                         f"recall_at_{k}": recall})

@@ -14,6 +14,7 @@ from hyrax_mlops.tracking import (
     get_run,
     input_run,
     run_stage,
+    say,
 )
 
 SECTIONS = ("infer",)
@@ -56,6 +57,7 @@ def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | N
 
 def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
     import mlflow
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -79,6 +81,15 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
                         provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False),
                         cfg.infer.device)
     ids = provider.catalog["object_id"].astype(str).to_numpy()
+    if provider.data.streamed:  # a cutout that could not be fetched has no embedding
+        failed = provider.data.stream.failed_objects
+        if failed:
+            keep = ~np.isin(ids, list(failed))
+            ids, emb = ids[keep], emb[keep]
+            probs = None if probs is None else probs[keep]
+            mlflow.log_metric("stream_failed_objects", len(failed))
+            say(f"infer: {len(failed)} object(s) whose cutout could not be fetched have no "
+                "embedding (metric stream_failed_objects)")
     columns = {
         "object_id": pa.array(ids, pa.string()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()),

@@ -1,12 +1,20 @@
 """`ingest`: a directory of the user's FITS cutouts plus a catalog, as a dataset run; or a
-catalog alone (no `ingest.cutouts_dir`), a tabular dataset for models of catalog features."""
+catalog alone (no `ingest.cutouts_dir`), a tabular dataset for models of catalog features.
+
+`check` reads and validates the catalog (readable, not empty, an object_id in every row, no
+repeats), so a bad catalog is a `DataError` before any run exists."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from hyrax_mlops.config import Config, require_path
+from hyrax_mlops.data.catalogs import read_catalog
+from hyrax_mlops.data.dataset import sha256_file
 from hyrax_mlops.data.series import series_fingerprint
 from hyrax_mlops.sources.local_fits import fingerprint, ingest_catalog, ingest_directory
 from hyrax_mlops.stages._dataset import log_dataset
@@ -15,25 +23,52 @@ from hyrax_mlops.tracking import StageRun, StageSpec, run_stage
 SECTIONS = ("ingest",)
 
 
-def check(cfg: Config) -> tuple[Path | None, Path]:
-    """The cutouts directory (None: a catalog-only dataset) and the catalog."""
+@dataclass
+class IngestInputs:
+    """What `check` found: the cutouts folder (None: catalog-only), the catalog file and its
+    rows, read once."""
+
+    cutouts: Path | None
+    catalog_path: Path
+    catalog: pd.DataFrame
+
+
+def check(cfg: Config) -> IngestInputs:
+    """The cutouts directory (None: a catalog-only dataset) and the catalog, read and checked."""
     cutouts = (require_path(cfg, "ingest.cutouts_dir", "dir") if cfg.ingest.cutouts_dir
                else None)
-    return cutouts, require_path(cfg, "ingest.catalog", "file")
+    path = require_path(cfg, "ingest.catalog", "file")
+    return IngestInputs(cutouts, path, _read_once(path))
+
+
+_LAST: dict[tuple[str, str], pd.DataFrame] = {}
+
+
+def _read_once(path: Path) -> pd.DataFrame:
+    """`read_catalog`, remembered for the same file with the same bytes (a pipeline checks,
+    then runs)."""
+    key = (str(path), sha256_file(path))
+    if key not in _LAST:
+        catalog = read_catalog(path)
+        _LAST.clear()
+        _LAST[key] = catalog
+    return _LAST[key].copy()
 
 
 def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -> StageRun:
-    cutouts, catalog = check(cfg)
-    inputs = series_fingerprint(catalog, cfg.ingest.lightcurve_column,
-                                cfg.ingest.spectrum_column)
+    """Make (or reuse) the ingest run of `cfg`."""
+    inputs = check(cfg)
+    cutouts, catalog_path, catalog = inputs.cutouts, inputs.catalog_path, inputs.catalog
+    key = series_fingerprint(catalog_path, cfg.ingest.lightcurve_column,
+                             cfg.ingest.spectrum_column, catalog)
     if cutouts:
-        inputs = f"{fingerprint(cutouts, catalog)}:{inputs}"
-    spec = StageSpec("ingest", SECTIONS, fingerprint=inputs)
+        key = f"{fingerprint(cutouts, catalog_path)}:{key}"
+    spec = StageSpec("ingest", SECTIONS, fingerprint=key)
 
     def body(run_id: str) -> None:
         with tempfile.TemporaryDirectory(prefix="hyrax-ingest-") as tmp:
             out = Path(tmp) / "dataset"
-            log_dataset(out, ingest_directory(cfg.ingest, cutouts, catalog, out) if cutouts
-                        else ingest_catalog(cfg.ingest, catalog, out))
+            log_dataset(out, ingest_directory(cfg.ingest, cutouts, catalog_path, out, catalog)
+                        if cutouts else ingest_catalog(cfg.ingest, catalog_path, out, catalog))
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)

@@ -24,18 +24,20 @@ class PipelineResult:
 
 
 def check(cfg: Config) -> None:
-    """Every check each stage would make on its config, before the parent run exists."""
-    from hyrax_mlops.models import model_params
+    """Every check of every stage this config will run, before the parent run exists: names,
+    keys, paths, the user's catalog, and the catalog columns the config names."""
+    from hyrax_mlops.stages._columns import check_columns, expected_columns
 
     if cfg.pipeline.dataset == "ingest":
         ingest.check(cfg)
     else:
         download.check(cfg)
-    model_params(cfg.model)
+    train.check_config(cfg)
     index.backend(cfg)
     reduce.check(cfg)
     if cfg.pipeline.analyse:
         analyse.check(cfg)
+    check_columns(cfg, expected_columns(cfg))
 
 
 def run(cfg: Config, *, force: bool = False) -> PipelineResult:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hyrax_mlops.analysis.reducers import REDUCERS, umap_fit_size
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
+from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
 
 SECTIONS = ("reduce",)
 HOVER = ("flux", "r_half", "ra", "dec")
@@ -28,18 +28,17 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
     check(cfg)
     dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
     catalog = _catalog(cfg, dataset_run_id)
-    if cfg.reduce.color_by and cfg.reduce.color_by not in catalog.columns:
-        import difflib
-
-        close = difflib.get_close_matches(cfg.reduce.color_by, list(catalog.columns), n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"config key 'reduce.color_by' = '{cfg.reduce.color_by}' is not a "
-                          f"catalog column.{hint} (columns: {', '.join(catalog.columns)})")
+    color, note = _color_by(cfg, catalog)
     spec = StageSpec("reduce", SECTIONS,
                      inputs={"embeddings": infer_run_id, "dataset": dataset_run_id})
 
     def body(run_id: str) -> dict[str, str]:
-        return _reduce(cfg, infer_run_id, catalog)
+        if note:
+            import mlflow
+
+            say(note)
+            mlflow.set_tag("hyrax.note.color_by", note)
+        return _reduce(cfg, infer_run_id, catalog, color)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
 
@@ -51,7 +50,18 @@ def _catalog(cfg: Config, dataset_run_id: str):
     return Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
 
 
-def _reduce(cfg: Config, infer_run_id: str, catalog) -> dict[str, str]:
+def _color_by(cfg: Config, catalog) -> tuple[str | None, str | None]:
+    """The column the maps are coloured by, and a note when `reduce.color_by` is not there."""
+    import pandas as pd
+
+    from hyrax_mlops.stages._columns import color_column
+
+    numeric = [c for c in catalog.columns if pd.api.types.is_numeric_dtype(catalog[c])
+               and not pd.api.types.is_bool_dtype(catalog[c]) and catalog[c].notna().any()]
+    return color_column(cfg.reduce.color_by, catalog.columns, numeric)
+
+
+def _reduce(cfg: Config, infer_run_id: str, catalog, color: str | None) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import mlflow
     import pandas as pd
@@ -60,7 +70,6 @@ def _reduce(cfg: Config, infer_run_id: str, catalog) -> dict[str, str]:
     from hyrax_mlops.stages.infer import read_embeddings
 
     ids, vectors = read_embeddings(infer_run_id, cfg)
-    color = cfg.reduce.color_by or None
     extra_cols = [c for c in dict.fromkeys([color, *HOVER]) if c and c in catalog.columns]
     info = catalog.set_index("object_id")[extra_cols].loc[ids].reset_index()
     maps: dict[str, pd.DataFrame] = {}

@@ -13,23 +13,32 @@ LAST = "checkpoints/last.pt"  # everything needed to continue, after every epoch
 _RECON_EXAMPLES = 8
 
 
-def check(cfg: Config, dataset_run_id: str) -> str | None:
-    """Fail before any run exists; return a fingerprint of the labels file, if one is used."""
+def check_config(cfg: Config) -> str | None:
+    """What train checks from the config alone (run by `pipeline` before anything): the model
+    and its arguments, and labels; returns a fingerprint of the labels file, if one is used."""
     from hyrax_mlops.config import require_path
     from hyrax_mlops.errors import ConfigError
     from hyrax_mlops.models import model_params, needs_labels
+    from hyrax_mlops.stages._columns import check_label_columns
 
     model_params(cfg.model)
     if needs_labels(cfg.model) and not cfg.data.label_column:
         raise ConfigError(f"model '{cfg.model.name}' learns from labels: set data.label_column "
                           "to the catalog column holding each object's class (and "
                           "data.labels_file if the labels are in a separate table).")
-    get_run(dataset_run_id, DATASET_STAGES)
+    check_label_columns(cfg, None)
     if cfg.data.labels_file:
         from hyrax_mlops.data.dataset import sha256_file
 
         return sha256_file(require_path(cfg, "data.labels_file", "file"))
     return None
+
+
+def check(cfg: Config, dataset_run_id: str) -> str | None:
+    """Fail before any run exists; return a fingerprint of the labels file, if one is used."""
+    labels = check_config(cfg)
+    get_run(dataset_run_id, DATASET_STAGES)
+    return labels
 
 
 def run(cfg: Config, dataset_run_id: str, *, force: bool = False,

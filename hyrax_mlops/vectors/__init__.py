@@ -1,17 +1,45 @@
 """Vector stores for embeddings, one module per backend, looked up by name.
 
-An index is keyed by the infer run whose embeddings it holds (collection `hyrax-<run_id>`).
+An index is keyed by the infer run whose embeddings it holds *and* by the settings that change
+what the collection holds (backend, metric, graph/IVF parameters):
+`hyrax-<infer run id>-<backend>-<metric>-<hash of those settings>`. Two index runs of the same
+embeddings with other settings therefore never share, and never overwrite, a collection.
+Readers use the name an index run recorded (tag `hyrax.index.collection`), not this function.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from typing import TYPE_CHECKING
+
 from hyrax_mlops.registry import Registry
-from hyrax_mlops.vectors.base import VectorIndex
+from hyrax_mlops.vectors.base import CollectionNotFound, IndexUnreachable, VectorIndex
+
+if TYPE_CHECKING:
+    from hyrax_mlops.config import IndexConfig
 
 VECTOR_BACKENDS: Registry[type[VectorIndex]] = Registry("vector_backend")
 
 from hyrax_mlops.vectors import chroma, lance  # noqa: E402,F401  (built-ins register themselves)
 
+__all__ = ["VECTOR_BACKENDS", "CollectionNotFound", "IndexUnreachable", "VectorIndex",
+           "collection_name", "legacy_collection_name"]
 
-def collection_name(infer_run_id: str) -> str:
+_MAX_NAME = 512  # Chroma: 3-512 characters of [A-Za-z0-9._-], alphanumeric at both ends
+
+
+def collection_name(infer_run_id: str, cfg: IndexConfig) -> str:
+    """The collection for `infer_run_id`'s embeddings indexed with `cfg`: its name changes with
+    every setting that changes the collection's content (see each backend's `identity`)."""
+    backend = VECTOR_BACKENDS.get(cfg.backend)
+    settings = {"backend": cfg.backend, **backend.identity(cfg)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", cfg.backend)[:40]
+    return f"hyrax-{infer_run_id}-{safe}-{cfg.metric}-{digest}"[:_MAX_NAME]
+
+
+def legacy_collection_name(infer_run_id: str) -> str:
+    """What index runs made before the settings were part of the name called theirs."""
     return f"hyrax-{infer_run_id}"

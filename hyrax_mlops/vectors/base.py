@@ -1,4 +1,10 @@
-"""The small surface every vector backend offers; callers check `capabilities` first."""
+"""The small surface every vector backend offers; callers check `capabilities` first.
+
+Opening a collection fails in one of two ways, and they must not be confused:
+`CollectionNotFound` when the backend answered that the collection is not there (a reused
+index run is then rebuilt), and `IndexUnreachable` for everything else (connection refused,
+401/403, 5xx, a bad path): that is the user's to fix, never a reason to re-index.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,42 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.errors import HyraxError, LineageError
+from hyrax_mlops.redact import redact
+
+
+class CollectionNotFound(LineageError, KeyError):
+    """The backend answered: no such collection (deleted, or never made)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class IndexUnreachable(HyraxError):
+    """The index's store could not be asked (refused, unauthorised, failing, unreadable)."""
+
+
+def unreachable(backend: str, where: str, exc: BaseException, fix: str) -> IndexUnreachable:
+    """An `IndexUnreachable` naming the backend, the (redacted) location, the cause and `fix`."""
+    cause = redact(f"{type(exc).__name__}: {exc}".strip())
+    if len(cause) > 400:
+        cause = cause[:400] + "..."
+    return IndexUnreachable(
+        f"cannot reach the {backend} index at {redact(where)} ({cause}). Fix: {fix} "
+        "An index that cannot be reached is not rebuilt: once it answers, run again "
+        "(or pass --force to build a new one).")
 
 
 class VectorIndex(ABC):
     """A named collection of (id, vector, metadata)."""
 
     capabilities: ClassVar[dict[str, Any]] = {"max_k": None, "metadata": True}
+
+    @classmethod
+    def identity(cls, cfg: IndexConfig) -> dict[str, Any]:
+        """The settings that change what a collection holds (they name it, with the backend).
+        Query-time settings a run records in its `location()` do not belong here."""
+        return {"metric": cfg.metric}
 
     @classmethod
     @abstractmethod
@@ -24,15 +60,25 @@ class VectorIndex(ABC):
     @classmethod
     @abstractmethod
     def reopen(cls, location: dict[str, Any], name: str) -> VectorIndex:
-        """Open an existing collection from the `location()` an index run recorded."""
+        """Open an existing collection from the `location()` an index run recorded: raises
+        `CollectionNotFound` when it is gone, `IndexUnreachable` when the store can't be asked."""
 
     @classmethod
     def exists(cls, location: dict[str, Any], name: str) -> int | None:
-        """Size of collection `name` at a recorded `location`, or None if it is gone."""
+        """Size of collection `name` at a recorded `location`, or None if it is gone.
+        A store that cannot be reached raises `IndexUnreachable`: it is not "gone"."""
         try:
-            return cls.reopen(location, name).count()
-        except Exception:
+            index = cls.reopen(location, name)
+        except CollectionNotFound:
             return None
+        try:
+            return index.count()
+        except HyraxError:
+            raise
+        except Exception as exc:
+            where = str(location.get("url") or location.get("uri") or location.get("path"))
+            raise unreachable(location.get("backend", cls.__name__), where, exc,
+                              "check that the index's store is up and readable.") from None
 
     @abstractmethod
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,

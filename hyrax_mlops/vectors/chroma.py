@@ -11,8 +11,9 @@ from urllib.parse import urlparse
 import numpy as np
 
 from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.redact import redact
 from hyrax_mlops.vectors import VECTOR_BACKENDS
-from hyrax_mlops.vectors.base import VectorIndex
+from hyrax_mlops.vectors.base import CollectionNotFound, VectorIndex, unreachable
 
 _METADATA_TYPES = (str, int, float, bool)
 
@@ -50,6 +51,25 @@ def _client(location: dict[str, Any]):
     return chromadb.PersistentClient(path=location["path"], settings=settings)
 
 
+def _where(location: dict[str, Any]) -> str:
+    return str(location.get("url") or location.get("path"))
+
+
+def _fix(location: dict[str, Any]) -> str:
+    if location.get("url"):
+        return ("check that the Chroma server at index.url is running and that $CHROMA_TOKEN "
+                "(or $CHROMA_TOKEN_FILE) holds a token it accepts.")
+    return "check that index.path is a readable Chroma directory."
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    from chromadb.errors import NotFoundError
+
+    return isinstance(exc, NotFoundError) or (  # a local store's older spelling
+        isinstance(exc, ValueError) and "does not exist" in str(exc)
+        and not isinstance(exc, OSError))
+
+
 def _clean(meta: dict[str, Any]) -> dict[str, Any]:
     """Chroma takes only str/int/float/bool values and no None: drop the rest, and NaN."""
     out = {}
@@ -69,17 +89,27 @@ class ChromaIndex(VectorIndex):
         self._col, self._location, self._client = collection, location, client
 
     @classmethod
+    def identity(cls, cfg: IndexConfig) -> dict[str, Any]:
+        # ef_search too: Chroma keeps it in the collection's configuration (a query can't
+        # choose it), so a run with another ef_search gets its own collection rather than
+        # silently changing how an earlier run's index searches.
+        return {"metric": cfg.metric, "ef_construction": cfg.ef_construction,
+                "max_neighbors": cfg.max_neighbors, "ef_search": cfg.ef_search}
+
+    @classmethod
     def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> ChromaIndex:
         location = ({"url": cfg.url} if cfg.url
                     else {"path": str(Path(cfg.path or ".hyrax/chroma").expanduser().resolve())})
-        client = _client(location)
-        if create:
+        if not create:
+            return cls.reopen(location, name)
+        try:
+            client = _client(location)
             hnsw = {"space": cfg.metric, "ef_construction": cfg.ef_construction,
                     "ef_search": cfg.ef_search, "max_neighbors": cfg.max_neighbors}
             col = client.get_or_create_collection(
                 name, configuration={"hnsw": hnsw}, embedding_function=None)
-        else:
-            col = client.get_collection(name, embedding_function=None)
+        except Exception as exc:
+            raise unreachable("chroma", _where(location), exc, _fix(location)) from None
         return cls(col, location, client)
 
     @classmethod
@@ -90,8 +120,15 @@ class ChromaIndex(VectorIndex):
 
     @classmethod
     def reopen(cls, location: dict[str, Any], name: str) -> ChromaIndex:
-        client = _client(location)
-        return cls(client.get_collection(name, embedding_function=None), location, client)
+        try:
+            client = _client(location)
+            col = client.get_collection(name, embedding_function=None)
+        except Exception as exc:
+            if _is_not_found(exc):
+                raise CollectionNotFound(f"no Chroma collection '{name}' at "
+                                         f"{redact(_where(location))}") from None
+            raise unreachable("chroma", _where(location), exc, _fix(location)) from None
+        return cls(col, location, client)
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                metadatas: Sequence[dict[str, Any]] | None = None) -> None:

@@ -16,13 +16,16 @@ from typing import Any
 import numpy as np
 
 from hyrax_mlops.config import IndexConfig
-from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.errors import ConfigError, HyraxError
+from hyrax_mlops.redact import redact
 from hyrax_mlops.vectors import VECTOR_BACKENDS
-from hyrax_mlops.vectors.base import VectorIndex
+from hyrax_mlops.vectors.base import CollectionNotFound, VectorIndex, unreachable
 
 _METRICS = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
 _RESERVED = ("id", "vector")
 _CHUNK = 100_000
+_FIX = ("check that index.url / index.path is reachable and that the object store's "
+        "credentials (its usual environment variables) are valid.")
 
 
 def _connect(uri: str):
@@ -66,22 +69,39 @@ class LanceIndex(VectorIndex):
         return list(getattr(listed, "tables", listed))
 
     @classmethod
+    def identity(cls, cfg: IndexConfig) -> dict[str, Any]:
+        # nprobes and refine_factor are not here: they are passed with every query, from the
+        # location each run records, so runs differing only in them share one table.
+        return {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
+                "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors}
+
+    @classmethod
+    def _opened(cls, uri: str, name: str, location: dict[str, Any],
+                settings: dict[str, Any]) -> LanceIndex:
+        try:
+            return cls(_connect(uri), name, location, settings)
+        except HyraxError:
+            raise
+        except Exception as exc:
+            raise unreachable("lancedb", uri, exc, _FIX) from None
+
+    @classmethod
     def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> LanceIndex:
         uri = cfg.url or str(Path(cfg.path or ".hyrax/lancedb").expanduser().resolve())
         settings = {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
                     "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors,
                     "nprobes": cfg.nprobes, "refine_factor": cfg.refine_factor}
-        index = cls(_connect(uri), name, {"uri": uri, **settings}, settings)
+        index = cls._opened(uri, name, {"uri": uri, **settings}, settings)
         if not create and index._table is None:
-            raise KeyError(f"no LanceDB table '{name}' at {uri}")
+            raise CollectionNotFound(f"no LanceDB table '{name}' at {redact(uri)}")
         return index
 
     @classmethod
     def reopen(cls, location: dict[str, Any], name: str) -> LanceIndex:
         settings = {k: v for k, v in location.items() if k not in ("uri", "backend")}
-        index = cls(_connect(location["uri"]), name, location, settings)
+        index = cls._opened(location["uri"], name, location, settings)
         if index._table is None:
-            raise KeyError(f"no LanceDB table '{name}' at {location['uri']}")
+            raise CollectionNotFound(f"no LanceDB table '{name}' at {redact(location['uri'])}")
         return index
 
     @classmethod
