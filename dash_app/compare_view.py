@@ -9,6 +9,7 @@ from dash.exceptions import PreventUpdate
 
 from dash_app import figures, selection
 from dash_app.data import AppData
+from dash_app.figures import plural
 
 MAX_RUNS = 3
 
@@ -31,7 +32,7 @@ def register(app, data: AppData) -> None:
                   Input("tabs", "value"), Input("compare-runs", "value"))
     def options(_, chosen):
         opts = data.reduce_runs()
-        chosen = (chosen or [o["value"] for o in opts[:2]])[:MAX_RUNS]
+        chosen = list(dict.fromkeys(chosen or data.distinct_reductions(opts, 2)))[:MAX_RUNS]
         return opts, chosen
 
     @app.callback(Output("compare-graphs", "children"), Output("compare-info", "children"),
@@ -60,6 +61,8 @@ def register(app, data: AppData) -> None:
             fig.update_layout(height=460, dragmode="pan", showlegend=False)
             graphs.append(dcc.Graph(figure=fig, style={"flex": "1"},
                                     id={"type": "compare-graph", "run": run}))
-        info = (f"{len(sel_ids):,} selected objects (red rings) and {len(ref_ids):,} reference "
-                "objects (stars) highlighted in each map.")
+        info = (f"{plural(len(sel_ids), 'selected object')} (red rings) and "
+                f"{plural(len(ref_ids), 'reference object')} (stars) highlighted in each map.")
+        if len(runs) == 1:
+            info += " Only one reduce run is chosen: pick a second to compare with."
         return graphs, info

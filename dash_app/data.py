@@ -55,6 +55,7 @@ class AppData:
         self.cfg = cfg or Config()
         self._lock = threading.Lock()
         self._extra: dict[str, Reduction] = {}
+        self.reduce_inputs: dict[str, str | None] = {}  # reduce run -> its embeddings run
         use_store()
 
     # -- runs -----------------------------------------------------------------------------
@@ -79,11 +80,18 @@ class AppData:
             search_all_experiments=True,
             filter_string=f"tags.`{TAG_STAGE}` = 'reduce' AND attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=200)
+        col = f"tags.{TAG_INPUT}embeddings"
+        self.reduce_inputs.update(zip(df.get("run_id", []), df.get(col, [None] * len(df)),
+                                      strict=True))
         opts = [{"label": f"{r['tags.mlflow.runName']}  {r['run_id'][:8]}  "
                           f"{r['start_time']:%Y-%m-%d %H:%M}", "value": r["run_id"]}
                 for _, r in df.iterrows()]
         opts += [{"label": f"{rid} (in memory)", "value": rid} for rid in self._extra]
         return opts
+
+    def distinct_reductions(self, options: list[dict], n: int = 2) -> list[str]:
+        """Up to `n` reduce runs (dropdown options) to compare: see `distinct_runs`."""
+        return distinct_runs([o["value"] for o in options], self.reduce_inputs, n)
 
     # -- reductions -------------------------------------------------------------------------
     def add(self, reduction: Reduction) -> None:
@@ -111,6 +119,20 @@ class AppData:
             raise
         except HyraxError:
             return None
+
+
+def distinct_runs(runs: list[str], inputs: dict[str, str | None], n: int = 2) -> list[str]:
+    """Up to `n` of `runs` (newest first), preferring runs of different embeddings
+    (`inputs`: run -> embeddings run; two reductions of one embeddings look alike), never
+    one run twice."""
+    runs = list(dict.fromkeys(runs))
+    picked, seen = [], set()
+    for rid in runs:  # first one run per embeddings, then the rest
+        emb = inputs.get(rid) or rid
+        if emb not in seen:
+            picked.append(rid)
+            seen.add(emb)
+    return (picked + [rid for rid in runs if rid not in picked])[:n]
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)

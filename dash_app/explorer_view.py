@@ -31,8 +31,12 @@ def layout(data: AppData) -> html.Div:
                            inline=True),
         ], className="toolbar"),
         html.Div(id="explorer-info", className="message"),
-        dcc.Graph(id="explorer-graph", config={"scrollZoom": True, "displaylogo": False}),
+        dcc.Graph(id="explorer-graph", config={"scrollZoom": True, "displaylogo": False},
+                  clear_on_unhover=True),
+        dcc.Tooltip(id="explorer-tooltip", direction="right", loading_text="",
+                    background_color="rgba(255,255,255,0.95)"),
         dcc.Store(id="explorer-state"),
+        dcc.Store(id="explorer-neighbour-ids"),
         dcc.Store(id="explorer-selection"),
         dcc.Store(id="explorer-reference"),
         html.Div([
@@ -98,48 +102,79 @@ def register(app, data: AppData) -> None:
         colour = colour if colour in cols else ("flux" if "flux" in cols else None)
         return keys, key, cols, colour
 
-    def render(run, key, colour, reference, view=None):
+    def render(run, key, colour, overlays, view=None):
         red = data.reduction(run)
         table = red.maps[key]
-        ref_rows = np.asarray(reference["rows"]) if reference and reference["run"] == run \
-            else None
+        marked = overlay_rows(data, red, run, *overlays)
+        counts = {k: 0 if v is None else len(v) for k, v in marked.items()}
         hover = [c for c in HOVER if c in red.catalog.columns]
         title = f"{key.replace('_', ' ').upper()}"
         if "z" in table:
-            fig, info = figures.map_3d(table, red.catalog, colour, reference=ref_rows,
-                                       hover_columns=hover, title=title)
-            return fig, {"run": run, "key": key, "n_traces": len(fig.data), **info}, \
-                info_text(info)
+            fig, info = figures.map_3d(table, red.catalog, colour, hover_columns=hover,
+                                       title=title, **marked)
+            return fig, {"run": run, "key": key, "n_traces": len(fig.data), "marked": counts,
+                         **info}, info_text(info)
         view = view or figures.View()
-        fig, info = figures.map_2d(table, red.catalog, colour, view, reference=ref_rows,
-                                   hover_columns=hover, title=title)
+        fig, info = figures.map_2d(table, red.catalog, colour, view, hover_columns=hover,
+                                   title=title, tooltip=True, **marked)
         return fig, {"run": run, "key": key, "view": view.__dict__, "n_traces": len(fig.data),
-                     **info}, info_text(info)
+                     "marked": counts, **info}, info_text(info)
 
     @app.callback(Output("explorer-graph", "figure"), Output("explorer-state", "data"),
                   Output("explorer-info", "children"),
                   Input("explorer-map", "value"), Input("explorer-color", "value"),
+                  State("explorer-selection", "data"), State("explorer-neighbour-ids", "data"),
                   State("explorer-reference", "data"), State("explorer-run", "value"))
-    def draw(key, colour, reference, run):
+    def draw(key, colour, sel, near, reference, run):
         if not run or not key or key not in data.reduction(run).maps:
             raise PreventUpdate
-        return render(run, key, colour, reference)
+        if ctx.triggered_id == "explorer-map":
+            sel = None  # a new map starts without a drawn selection (see `select`)
+        return render(run, key, colour, (sel, near, reference))
 
-    # The reference overlay is patched into the last trace: the map and the user's
-    # selection on it stay as they are.
+    # The overlays (selection, neighbours, reference) are patched into the map's last
+    # traces: the map and the user's lasso on it stay as they are.
     @app.callback(Output("explorer-graph", "figure", allow_duplicate=True),
+                  Output("explorer-state", "data", allow_duplicate=True),
+                  Input("explorer-selection", "data"), Input("explorer-neighbour-ids", "data"),
                   Input("explorer-reference", "data"), State("explorer-run", "value"),
-                  State("explorer-state", "data"), prevent_initial_call=True)
-    def overlay_reference(reference, run, state):
-        if not state or state.get("run") != run:
-            raise PreventUpdate
+                  State("explorer-map", "value"), State("explorer-state", "data"),
+                  prevent_initial_call=True)
+    def overlays(sel, near, reference, run, key, state):
+        if not state or state.get("run") != run or state.get("key") != key:
+            raise PreventUpdate  # a draw is on its way and brings the overlays with it
         red = data.reduction(run)
-        rows = np.asarray(reference["rows"]) if reference and reference["run"] == run else None
+        marked = overlay_rows(data, red, run, sel, near, reference)
+        counts = {k: 0 if v is None else len(v) for k, v in marked.items()}
+        if counts == state.get("marked"):
+            raise PreventUpdate  # e.g. the empty selection on load: nothing to redraw
         patch = Patch()
-        patch["data"][state["n_traces"] - 1] = figures.overlay_trace(
-            red.maps[state["key"]], red.ids, rows, "reference",
-            dict(figures.REFERENCE)).to_plotly_json()
-        return patch
+        first = state["n_traces"] - len(figures.OVERLAYS)
+        for i, (name, rows) in enumerate(zip(figures.OVERLAYS, marked.values(), strict=True)):
+            patch["data"][first + i] = figures.overlay_trace(
+                red.maps[key], red.ids, rows, name).to_plotly_json()
+        return patch, {**state, "marked": counts}
+
+    @app.callback(Output("explorer-tooltip", "show"), Output("explorer-tooltip", "bbox"),
+                  Output("explorer-tooltip", "children"),
+                  Input("explorer-graph", "hoverData"), State("explorer-run", "value"),
+                  State("explorer-stretch", "value"))
+    def hover(hover_data, run, stretch):
+        point = (hover_data or {}).get("points", [{}])[0]
+        oid, bbox = point.get("customdata"), point.get("bbox")
+        if not run or not oid or not bbox:
+            return False, no_update, no_update
+        red = data.reduction(run)
+        rows = red.rows_of([str(oid)])
+        if not len(rows):
+            return False, no_update, no_update
+        fields = figures.hover_fields(red.catalog, int(rows[0]),
+                                      [c for c in HOVER if c in red.catalog.columns])
+        return True, bbox, html.Div([
+            *thumbs.tiles(red, rows, stretch, id_prefix="hover"),
+            html.B(str(oid)),
+            *[html.Div(f"{col}: {value}") for col, value in fields],
+        ], className="hover-card")
 
     # Zooming is its own callback, so a relayout event never races with (and cancels) a draw.
     @app.callback(Output("explorer-graph", "figure", allow_duplicate=True),
@@ -147,9 +182,10 @@ def register(app, data: AppData) -> None:
                   Output("explorer-info", "children", allow_duplicate=True),
                   Input("explorer-graph", "relayoutData"),
                   State("explorer-run", "value"), State("explorer-map", "value"),
-                  State("explorer-color", "value"), State("explorer-reference", "data"),
+                  State("explorer-color", "value"), State("explorer-selection", "data"),
+                  State("explorer-neighbour-ids", "data"), State("explorer-reference", "data"),
                   State("explorer-state", "data"), prevent_initial_call=True)
-    def zoom(relayout, run, key, colour, reference, state):
+    def zoom(relayout, run, key, colour, sel, near, reference, state):
         if not relayout or not any(k.startswith(("xaxis", "yaxis")) for k in relayout):
             raise PreventUpdate
         if not state or state.get("run") != run or state.get("key") != key or "view" not in state:
@@ -158,7 +194,7 @@ def register(app, data: AppData) -> None:
         view = figures.View.from_relayout(relayout, drawn)
         if state["mode"] == "points" and drawn.contains(view):
             raise PreventUpdate  # the browser already holds every point of this window
-        return render(run, key, colour, reference, view)
+        return render(run, key, colour, (sel, near, reference), view)
 
     @app.callback(Output("explorer-selection", "data"),
                   Input("explorer-graph", "selectedData"), Input("explorer-map", "value"),
@@ -182,12 +218,14 @@ def register(app, data: AppData) -> None:
         rng = np.random.default_rng(resample or 0)
         pick = np.sort(rng.choice(rows, min(N_THUMBS, len(rows)), replace=False))
         table = selected_table(red, sel["map"], rows[:TABLE_ROWS])
+        table = table.loc[:, table.notna().any()]  # no column with nothing in it (export has all)
         cols = [{"field": c, "pinned": "left" if c == "object_id" else None,
                  **({"valueFormatter": NUMBER} if pd.api.types.is_float_dtype(table[c]) else {})}
                 for c in table.columns]
         shown = f" (table shows the first {TABLE_ROWS:,}; export has all)" \
             if len(rows) > TABLE_ROWS else ""
-        return (f"{len(rows):,} objects selected{shown}", thumbs.tiles(red, pick, stretch),
+        return (f"{figures.plural(len(rows), 'object')} selected{shown}",
+                thumbs.tiles(red, pick, stretch),
                 table.astype(object).where(table.notna(), None).to_dict("records"), cols)
 
     @app.callback(Output("explorer-download", "data"), Input("explorer-export", "n_clicks"),
@@ -211,6 +249,7 @@ def register(app, data: AppData) -> None:
 
     @app.callback(Output("explorer-neighbours", "children"),
                   Output("explorer-search-id", "value"),
+                  Output("explorer-neighbour-ids", "data"),
                   Input("explorer-graph", "clickData"), Input("explorer-search-go", "n_clicks"),
                   Input("explorer-search-id", "n_submit"),
                   Input("explorer-search-selection", "n_clicks"),
@@ -226,21 +265,22 @@ def register(app, data: AppData) -> None:
         try:
             searcher = data.searcher(red)
         except IndexUnreachable as exc:  # its message is redacted: safe to show
-            return html.I(str(exc)), no_update
+            return html.I(str(exc)), no_update, None
         if searcher is None:
             return html.I("No vector index for these embeddings: run `hyrax-mlops index`."), \
-                no_update
+                no_update, None
         k = int(k or 8)
         trigger = ctx.triggered_id
         if trigger == "explorer-search-selection":
             rows = selection.resolve(data, sel)
             if not len(rows):
-                return html.I("Select objects first."), no_update
+                return html.I("Select objects first."), no_update, None
             picked = rows[np.linspace(0, len(rows) - 1, min(len(rows), MAX_QUERIES)).astype(int)]
             queries = list(red.ids[picked])
             found = aggregate_neighbours(searcher.by_id(queries, k + len(queries)),
                                          set(red.ids[rows]), k)
-            title = f"Objects most like the {len(rows):,} selected objects (not selected)"
+            title = (f"Objects most like the {figures.plural(len(rows), 'selected object')} "
+                     "(not selected)")
             query = no_update
         else:
             oid = typed
@@ -251,14 +291,15 @@ def register(app, data: AppData) -> None:
             try:
                 found = searcher.by_id([str(oid)], k + 1)[0]
             except Exception as exc:
-                return html.I(str(exc)), no_update
+                return html.I(str(exc)), no_update, None
             title, query = f"Neighbours of {oid}", str(oid)
         rows = red.rows_of(found["object_id"])
         known = set(red.ids[rows])
         captions = [f"{o} d={d:.3g}" for o, d in zip(found["object_id"], found["distance"],
                                                     strict=True) if o in known]
         return [html.Div(title), html.Div(thumbs.tiles(red, rows, stretch, captions,
-                                                       id_prefix="neighbour"))], query
+                                                       id_prefix="neighbour"))], query, \
+            {"run": run, "ids": [str(i) for i in red.ids[rows]]}
 
     @app.callback(Output("explorer-reference", "data"),
                   Output("explorer-reference-info", "children"),
@@ -276,13 +317,29 @@ def register(app, data: AppData) -> None:
         return {"run": run, "rows": rows.tolist()}, message
 
 
+def overlay_rows(data: AppData, red, run: str, sel: dict | None, near: dict | None,
+                 reference: dict | None) -> dict[str, np.ndarray | None]:
+    """Catalog rows of `red` to mark as selected, as neighbours and as reference objects."""
+    def rows_in(stored: dict | None, rows) -> np.ndarray | None:
+        if not stored or stored.get("run") != run:
+            return None
+        return np.asarray(rows, dtype=np.int64)
+
+    return {
+        "highlight": rows_in(sel, selection.resolve(data, sel) if sel else []),
+        "neighbours": rows_in(near, red.rows_of(near["ids"]) if near else []),
+        "reference": rows_in(reference, reference["rows"] if reference else []),
+    }
+
+
 def info_text(info: dict) -> str:
     if info["mode"] == "density":
-        return (f"{info['n_in_view']:,} objects in view: drawn as a density image; zoom in "
-                f"below {figures.MAX_POINTS:,} to see individual points.")
+        return (f"{figures.plural(info['n_in_view'], 'object')} in view: drawn as a density "
+                f"image; zoom in below {figures.MAX_POINTS:,} to see individual points.")
     if info["mode"] == "sample":
-        return f"3D view of {info['n_shown']:,} objects (stratified sample when larger)."
-    return f"{info['n_in_view']:,} objects in view."
+        return (f"3D view of {figures.plural(info['n_shown'], 'object')} (stratified sample "
+                "when larger).")
+    return f"{figures.plural(info['n_in_view'], 'object')} in view."
 
 
 def selected_table(red, key: str, rows: np.ndarray) -> pd.DataFrame:

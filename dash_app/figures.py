@@ -16,7 +16,11 @@ MAX_POINTS = 100_000  # raw points drawn with WebGL up to this many in view
 MAX_3D = 20_000  # 3D draws a stratified sample of this size at most
 DENSITY_PX = (640, 480)
 HIGHLIGHT = dict(color="rgba(0,0,0,0)", size=11, line=dict(color="#ff2d55", width=2))
+NEIGHBOURS = dict(color="rgba(0,0,0,0)", size=14, line=dict(color="#00a2ff", width=2.5))
 REFERENCE = dict(symbol="star", color="#ffb000", size=12, line=dict(color="black", width=1))
+# every map ends with these overlay traces, in this order (empty until there is something to
+# show), so a callback can replace one of them without redrawing the map
+OVERLAYS = {"selection": HIGHLIGHT, "neighbours": NEIGHBOURS, "reference": REFERENCE}
 # datashader's numba kernels are not safe to run from two request threads at once
 _DATASHADER = threading.Lock()
 
@@ -79,20 +83,44 @@ def colour_values(values: pd.Series | None) -> tuple[np.ndarray | None, bool, st
     return values.astype(str).to_numpy(), True, str(values.name)
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """'1 object', '2 objects', '1,000 objects'."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
+def _blank(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT \
+        or (isinstance(v, str) and not v.strip())
+
+
+def hover_fields(catalog: pd.DataFrame, row: int, columns: list[str]) -> list[tuple[str, str]]:
+    """(column, shown value) of one catalog row; blank and NaN values are left out."""
+    out = []
+    for col in columns:
+        v = catalog[col].iloc[row]
+        if not _blank(v):
+            out.append((col, f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)))
+    return out
+
+
 def _hover(ids: np.ndarray, catalog: pd.DataFrame, rows: np.ndarray, columns: list[str]):
     text = [f"<b>{i}</b>" for i in ids]
     for col in columns:
         vals = catalog[col].to_numpy()[rows]
-        text = [f"{t}<br>{col}: {v:.4g}" if isinstance(v, float) else f"{t}<br>{col}: {v}"
+        text = [t if _blank(v) else f"{t}<br>{col}: {v:.4g}"
+                if isinstance(v, (float, np.floating)) else f"{t}<br>{col}: {v}"
                 for t, v in zip(text, vals, strict=True)]
     return text
 
 
 def map_2d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, view: View,
            *, highlight: np.ndarray | None = None, reference: np.ndarray | None = None,
-           hover_columns: list[str] = (), title: str = "", max_points: int | None = None
+           neighbours: np.ndarray | None = None, hover_columns: list[str] = (),
+           title: str = "", max_points: int | None = None, tooltip: bool = False
            ) -> tuple[go.Figure, dict]:
-    """The 2D map in `view`: points or a density image, plus highlighted/reference rows."""
+    """The 2D map in `view`: points or a density image, plus highlighted/reference rows.
+    With `tooltip` the points carry no hover label of their own: the page shows one (with
+    the object's cutout) from the hover event."""
     max_points = MAX_POINTS if max_points is None else max_points
     x, y = table["x"].to_numpy(), table["y"].to_numpy()
     rows = table["row"].to_numpy()
@@ -111,22 +139,21 @@ def map_2d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, view: 
                 k = sel[values[r] == cat]
                 fig.add_trace(go.Scattergl(
                     x=x[k], y=y[k], mode="markers", name=str(cat), customdata=ids[rows[k]],
-                    hovertext=[hover[i] for i in np.searchsorted(sel, k)], hoverinfo="text",
-                    marker=dict(size=5)))
+                    hovertext=[hover[i] for i in np.searchsorted(sel, k)],
+                    hoverinfo="none" if tooltip else "text", marker=dict(size=5)))
         else:
             marker = dict(size=5, color=values[r] if values is not None else "#1f77b4",
                           colorscale="Viridis", showscale=values is not None,
                           colorbar=dict(title=label) if values is not None else None)
             fig.add_trace(go.Scattergl(x=x[sel], y=y[sel], mode="markers", customdata=ids[r],
-                                       hovertext=hover, hoverinfo="text", marker=marker,
-                                       name="objects", showlegend=False))
+                                       hovertext=hover, hoverinfo="none" if tooltip else "text",
+                                       marker=marker, name="objects", showlegend=False))
     else:
         mode = "density"
         _density(fig, x[inside], y[inside], view, x, y,
                  values[rows[inside]] if values is not None and not categorical else None)
-    _overlay(fig, table, ids, highlight, "selection", dict(HIGHLIGHT))
-    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE), always=True)
-    shown = f"{n_in:,} objects in view" + (" (density)" if mode == "density" else "")
+    _overlays(fig, table, ids, highlight, neighbours, reference)
+    shown = f"{plural(n_in, 'object')} in view" + (" (density)" if mode == "density" else "")
     fig.update_layout(title=f"{title} — {shown}" if title else shown, dragmode="lasso",
                       margin=dict(l=40, r=10, t=40, b=30), uirevision="map", height=520,
                       legend=dict(itemsizing="constant"), clickmode="event+select")
@@ -169,26 +196,36 @@ def _density(fig: go.Figure, x: np.ndarray, y: np.ndarray, view: View, all_x: np
 
 
 def overlay_trace(table: pd.DataFrame, ids: np.ndarray, which: np.ndarray | None, name: str,
-                  marker: dict):
+                  marker: dict | None = None):
     """Markers over the map at catalog rows `which` (an empty trace when there are none)."""
+    marker = dict(marker or OVERLAYS[name])
     rows = table["row"].to_numpy()
     pos = np.flatnonzero(np.isin(rows, which))[:5000] if which is not None and len(which) \
         else np.array([], dtype=np.int64)
     three_d = "z" in table
     coords = {c: table[c].to_numpy()[pos] for c in ("x", "y", "z") if c in table}
-    if three_d:  # 3D markers are bigger and have fewer symbols
-        marker = {**marker, "size": marker["size"] / 2}
+    if three_d:  # 3D markers are bigger, have fewer symbols and no see-through rings
+        line = marker.get("line", {})
+        solid = line.get("color") if "rgba(0,0,0,0)" in str(marker.get("color")) else None
+        marker = {**marker, "size": marker["size"] / 2 + 1, "color": solid or marker["color"],
+                  "opacity": 0.9}
         if marker.get("symbol") not in (None, "circle", "diamond", "square", "cross", "x"):
             marker["symbol"] = "diamond"
-    trace = go.Scatter3d if three_d else go.Scattergl
-    return trace(**coords, mode="markers", name=name, marker=marker, hoverinfo="text",
-                 hovertext=ids[rows[pos]], customdata=ids[rows[pos]], showlegend=len(pos) > 0)
+        return go.Scatter3d(**coords, mode="markers", name=name, marker=marker,
+                            hoverinfo="text", hovertext=ids[rows[pos]],
+                            customdata=ids[rows[pos]], showlegend=len(pos) > 0)
+    # the page's own hover label (with the cutout) serves these too; a lasso elsewhere
+    # must not grey them out
+    return go.Scattergl(**coords, mode="markers", name=name, marker=marker, hoverinfo="none",
+                        customdata=ids[rows[pos]], showlegend=len(pos) > 0,
+                        unselected=dict(marker=dict(opacity=1)))
 
 
-def _overlay(fig: go.Figure, table: pd.DataFrame, ids: np.ndarray, which: np.ndarray | None,
-             name: str, marker: dict, always: bool = False) -> None:
-    if always or (which is not None and len(which)):
-        fig.add_trace(overlay_trace(table, ids, which, name, marker))
+def _overlays(fig: go.Figure, table: pd.DataFrame, ids: np.ndarray,
+              selection: np.ndarray | None, neighbours: np.ndarray | None,
+              reference: np.ndarray | None) -> None:
+    for name, which in zip(OVERLAYS, (selection, neighbours, reference), strict=True):
+        fig.add_trace(overlay_trace(table, ids, which, name))
 
 
 def stratified_sample(rows: np.ndarray, values: np.ndarray | None, size: int,
@@ -217,8 +254,8 @@ def stratified_sample(rows: np.ndarray, values: np.ndarray | None, size: int,
 
 def map_3d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, *,
            highlight: np.ndarray | None = None, reference: np.ndarray | None = None,
-           hover_columns: list[str] = (), title: str = "", max_points: int | None = None
-           ) -> tuple[go.Figure, dict]:
+           neighbours: np.ndarray | None = None, hover_columns: list[str] = (),
+           title: str = "", max_points: int | None = None) -> tuple[go.Figure, dict]:
     max_points = MAX_3D if max_points is None else max_points
     values, categorical, label = colour_values(catalog[color] if color else None)
     rows = table["row"].to_numpy()
@@ -241,11 +278,11 @@ def map_3d(table: pd.DataFrame, catalog: pd.DataFrame, color: str | None, *,
                                                else "#1f77b4", colorscale="Viridis",
                                                showscale=values is not None,
                                                colorbar=dict(title=label))))
-    _overlay(fig, table, ids, highlight, "selection", dict(HIGHLIGHT))
-    _overlay(fig, table, ids, reference, "reference", dict(REFERENCE), always=True)
+    _overlays(fig, table, ids, highlight, neighbours, reference)
     n = len(table)
-    shown = (f"3D: {len(pos):,} of {n:,} objects shown (stratified sample"
-             f"{' by ' + color if color else ''})" if len(pos) < n else f"3D: {n:,} objects")
+    shown = (f"3D: {len(pos):,} of {plural(n, 'object')} shown (stratified sample"
+             f"{' by ' + color if color else ''})" if len(pos) < n
+             else f"3D: {plural(n, 'object')}")
     fig.update_layout(title=f"{title} — {shown}" if title else shown, height=520,
                       margin=dict(l=0, r=0, t=40, b=0), uirevision="map3d")
     return fig, {"mode": "sample", "n_shown": len(pos)}

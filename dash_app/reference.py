@@ -15,6 +15,10 @@ def parse_upload(contents: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(base64.b64decode(payload)))
 
 
+def _objects(n: int) -> str:
+    return f"{n:,} reference object{'' if n == 1 else 's'}"
+
+
 def match(reference: pd.DataFrame, catalog: pd.DataFrame, radius_arcsec: float
           ) -> tuple[np.ndarray, str]:
     """Catalog rows matching the reference, and a sentence saying how they were matched."""
@@ -22,7 +26,7 @@ def match(reference: pd.DataFrame, catalog: pd.DataFrame, radius_arcsec: float
     if "object_id" in reference.columns:
         ids = set(reference["object_id"].astype(str))
         rows = np.flatnonzero(catalog["object_id"].astype(str).isin(ids).to_numpy())
-        return rows, f"{len(rows)} of {n} reference objects matched by object_id"
+        return rows, f"{len(rows)} of {_objects(n)} matched by object_id"
     if {"ra", "dec"} <= set(reference.columns):
         from astropy import units as u
         from astropy.coordinates import SkyCoord
@@ -38,5 +42,5 @@ def match(reference: pd.DataFrame, catalog: pd.DataFrame, radius_arcsec: float
         idx, sep, _ = ref.match_to_catalog_sky(cat)
         ok = sep.arcsec <= radius_arcsec
         rows = np.unique(cat_rows[idx[ok]])
-        return rows, f"{int(ok.sum())} of {n} reference objects within {radius_arcsec}\""
+        return rows, f"{int(ok.sum())} of {_objects(n)} within {radius_arcsec}\""
     return np.array([], dtype=np.int64), "the CSV needs an object_id column or ra and dec columns"

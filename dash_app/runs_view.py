@@ -11,6 +11,7 @@ from dash import ALL, Input, Output, State, ctx, dcc, html, no_update
 from dash.exceptions import PreventUpdate
 
 from dash_app.data import AppData
+from dash_app.figures import plural
 from hyrax_mlops.tracking import TAG_STAGE, consumers, lineage
 
 STAGES = ["pipeline", "download", "ingest", "filter", "train", "tune", "infer", "index",
@@ -37,8 +38,11 @@ def layout(data: AppData) -> html.Div:
         html.Div(id="runs-message", className="message"),
         dag.AgGrid(id="runs-grid", rowData=[], columnDefs=[], getRowId="params.data.run_id",
                    defaultColDef={"sortable": True, "filter": True, "resizable": True},
+                   # fields such as "metrics.val_loss" are names, not paths into nested rows
                    dashGridOptions={"rowSelection": {"mode": "multiRow", "checkboxes": True,
                                                      "enableClickSelection": True},
+                                    "suppressFieldDotNotation": True,
+                                    "suppressColumnVirtualisation": True,
                                     "pagination": True, "paginationPageSize": 20},
                    style={"height": "420px"}),
         html.Div([
@@ -52,8 +56,25 @@ def layout(data: AppData) -> html.Div:
     ])
 
 
+def prompt_figure(text: str, height: int = 380) -> go.Figure:
+    """An empty plot that says what to do, instead of bare axes."""
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, xref="paper", yref="paper", x=0.5, y=0.5,
+                       font=dict(size=15, color="#666"))
+    fig.update_layout(xaxis=dict(visible=False), yaxis=dict(visible=False), height=height,
+                      margin=dict(l=40, r=10, t=40, b=30), plot_bgcolor="white")
+    return fig
+
+
+def _empty(series: pd.Series) -> bool:
+    """No run has a value here (NaN, None or blank text)."""
+    return all(v is None or (isinstance(v, float) and np.isnan(v)) or
+               (isinstance(v, str) and v.strip() in ("", "None", "nan")) for v in series)
+
+
 def runs_table(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
-    """Grid rows and columns: identity, then params, then final metrics."""
+    """Grid rows and columns: identity, then final metrics, then params; columns no run has
+    a value in are left out."""
     if df.empty:
         return [], []
     out = pd.DataFrame({
@@ -63,16 +84,19 @@ def runs_table(df: pd.DataFrame) -> tuple[list[dict], list[dict]]:
         "status": df["status"],
         "start_time": df["start_time"].dt.strftime("%Y-%m-%d %H:%M:%S"),
     })
-    params = sorted(c for c in df.columns if c.startswith("params."))
-    metrics = sorted(c for c in df.columns if c.startswith("metrics."))
-    for col in params + metrics:
+    params = sorted(c for c in df.columns if c.startswith("params.") and not _empty(df[c]))
+    metrics = sorted(c for c in df.columns if c.startswith("metrics.") and not _empty(df[c]))
+    for col in metrics + params:
         out[col] = df[col]
     out = out.astype(object).where(out.notna(), None)
-    cols = [{"field": c, "pinned": "left" if c == "run_id" else None} for c in BASE_COLUMNS]
+    cols = [{"field": c, "pinned": "left" if c == "run_id" else None,
+             **({"width": 120} if c in ("run_id", "run_name") else {}),
+             **({"width": 100} if c in ("stage", "status") else {})} for c in BASE_COLUMNS]
+    cols += [{"field": c, "headerName": c[len("metrics."):], "headerTooltip": c,
+              "filter": "agNumberColumnFilter", "valueFormatter": NUMBER, "width": 130}
+             for c in metrics]
     cols += [{"field": c, "headerName": c[len("params."):], "headerTooltip": c}
              for c in params]
-    cols += [{"field": c, "headerName": c[len("metrics."):], "headerTooltip": c,
-              "filter": "agNumberColumnFilter", "valueFormatter": NUMBER} for c in metrics]
     return out.to_dict("records"), cols
 
 
@@ -97,30 +121,38 @@ def register(app, data: AppData) -> None:
         except Exception as exc:  # a malformed filter is the user's to fix: say so
             return [], [], f"Filter error: {exc}", [], []
         rows, cols = runs_table(df)
-        metrics = [c[len("metrics."):] for c in df.columns if c.startswith("metrics.")]
-        return rows, cols, f"{len(rows)} runs", sorted(metrics), sorted(metrics)
+        metrics = [c["field"][len("metrics."):] for c in cols
+                   if c["field"].startswith("metrics.")]
+        return rows, cols, plural(len(rows), "run"), sorted(metrics), sorted(metrics)
 
     @app.callback(Output("runs-curves", "figure"), Input("runs-grid", "selectedRows"),
                   Input("runs-metric", "value"))
     def curves(selected, metric):
         from mlflow.tracking import MlflowClient
 
+        if not selected:
+            return prompt_figure("Select runs in the grid to compare their curves")
+        if not metric:
+            return prompt_figure("Pick a metric to plot for the selected runs")
         fig = go.Figure()
-        if selected and metric:
-            client = MlflowClient()
-            for row in selected[:12]:
-                hist = client.get_metric_history(row["run_id"], metric)
-                if hist:
-                    fig.add_trace(go.Scatter(x=[m.step for m in hist], y=[m.value for m in hist],
-                                             mode="lines+markers",
-                                             name=f"{row['run_name']} {row['run_id'][:6]}"))
-        fig.update_layout(title=f"{metric or 'pick a metric'} per step, selected runs",
+        client = MlflowClient()
+        for row in selected[:12]:
+            hist = client.get_metric_history(row["run_id"], metric)
+            if hist:
+                fig.add_trace(go.Scatter(x=[m.step for m in hist], y=[m.value for m in hist],
+                                         mode="lines+markers",
+                                         name=f"{row['run_name']} {row['run_id'][:6]}"))
+        if not fig.data:
+            return prompt_figure(f"No {metric} history in the selected runs")
+        fig.update_layout(title=f"{metric} per step, selected runs",
                           xaxis_title="step", height=380, margin=dict(l=40, r=10, t=40, b=30))
         return fig
 
     @app.callback(Output("runs-parcoords", "figure"), Input("runs-grid", "rowData"),
                   Input("runs-parcoords-metric", "value"))
     def parcoords(rows, metric):
+        if not rows or not metric:
+            return prompt_figure("Pick a metric to see the params of every run against it")
         fig = go.Figure()
         if rows and metric:
             df = pd.DataFrame(rows)
@@ -140,6 +172,9 @@ def register(app, data: AppData) -> None:
                 dims.append(dict(label=metric, values=target.to_numpy()[keep]))
                 fig.add_trace(go.Parcoords(dimensions=dims, labelangle=-20, line=dict(
                     color=target.to_numpy()[keep], colorscale="Viridis", showscale=True)))
+        if not fig.data:
+            return prompt_figure(f"{metric} differs between fewer than two of these runs: "
+                                 "nothing to compare")
         fig.update_layout(title=f"params against {metric or 'a metric'}", height=380,
                           margin=dict(l=60, r=40, t=90, b=30))
         return fig

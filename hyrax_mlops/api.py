@@ -136,8 +136,10 @@ def analyse(config: ConfigLike = None, overrides: Overrides = None, *,
             embeddings: str | None = None, map: str | None = None, force: bool = False):
     """Outliers, clusters, crossmatch and latent quality of an infer run (`embeddings`,
     default: made or reused from the config). `map` is a reduce run of the same infer run
-    whose 2D map is clustered (`analyse.cluster_on = "map"`) and scored; when clustering on a
-    map without one, the config's reduce run is made or reused."""
+    whose 2D map is clustered (`analyse.cluster_on = "auto"`, the default, or "map") and
+    scored; without one, "auto" clusters a UMAP map of the latent space made on the spot and
+    "map" makes or reuses the config's reduce run. Says what it found (top outliers, clusters,
+    quality, the gallery's path) on the terminal."""
     from hyrax_mlops.stages import analyse as stage
     from hyrax_mlops.stages import reduce as reduce_stage
 

@@ -33,6 +33,60 @@ _INPUTS = {
 }
 
 
+# the registries each command's --help lists (title -> registry, imported only for --help)
+_KINDS = {
+    "sources": ("hyrax_mlops.sources", "SOURCES"),
+    "models": ("hyrax_mlops.models", "MODELS"),
+    "backbones": ("hyrax_mlops.models.backbones", "BACKBONES"),
+    "augmentations": ("hyrax_mlops.data.augment", "AUGMENTATIONS"),
+    "backends": ("hyrax_mlops.vectors", "VECTOR_BACKENDS"),
+    "reducers": ("hyrax_mlops.analysis.reducers", "REDUCERS"),
+    "analyses": ("hyrax_mlops.analysis.analyses", "ANALYSES"),
+}
+_KIND_KEYS = {"sources": "download.source", "models": "model.name",
+              "backbones": "model.backbone", "augmentations": "model.augmentations",
+              "backends": "index.backend", "reducers": "reduce.methods",
+              "analyses": "analyse.analyses"}
+_HELP_KINDS = {
+    "download": ("sources",), "train": ("models", "backbones", "augmentations"),
+    "tune": ("models", "backbones", "augmentations"), "index": ("backends",),
+    "reduce": ("reducers",), "analyse": ("analyses", "reducers"), "peel": ("analyses",),
+    "pipeline": ("sources", "models", "backends", "reducers", "analyses"),
+}
+_KIND_ALIASES = {"source": "sources", "model": "models", "backbone": "backbones",
+                 "augmentation": "augmentations", "backend": "backends",
+                 "vector-backends": "backends", "vector_backends": "backends",
+                 "vectors": "backends", "reducer": "reducers", "analysis": "analyses"}
+
+
+def registered(kind: str) -> list[str]:
+    import importlib
+
+    module, attr = _KINDS[kind]
+    return getattr(importlib.import_module(module), attr).names()
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose --help ends with the registered names it takes (read when asked)."""
+
+    def __init__(self, *args, kinds: tuple[str, ...] = (), **kw) -> None:
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kw)
+        self.kinds = kinds
+
+    def format_help(self) -> str:
+        if self.kinds and not self.epilog:
+            lines = ["registered (see also `hyrax-mlops list KIND`):"]
+            for kind in self.kinds:
+                try:
+                    names = ", ".join(registered(kind))
+                except Exception as exc:  # noqa: BLE001 - help must print anyway
+                    names = f"(cannot list: {type(exc).__name__})"
+                lines.append(f"  {kind} ({_KIND_KEYS[kind]}): {names}")
+            self.epilog = "\n".join(lines)
+        return super().format_help()
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="TOML config (default: shipped defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -40,10 +94,11 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hyrax-mlops", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="hyrax-mlops", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run (or reuse) the {stage} stage")
+        p = sub.add_parser(stage, help=f"run (or reuse) the {stage} stage",
+                           kinds=_HELP_KINDS.get(stage, ()))
         _config_args(p)
         p.add_argument("--force", action="store_true", help="re-run even if a matching run exists")
         for flag, help_text in _INPUTS.get(stage, []):
@@ -64,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(quality.knn_purity, then silhouette), val_loss beside")
     p.add_argument("runs", nargs="+", metavar="RUN", help="infer or analyse run ids")
     p = sub.add_parser("peel", help="remove the top outliers (or a selection), retrain, "
-                                    "analyse again; N rounds nested under one run")
+                                    "analyse again; N rounds nested under one run",
+                       kinds=_HELP_KINDS["peel"])
     _config_args(p)
     p.add_argument("--analyse", help="analyse run to start from (default: make or reuse it "
                                      "from the config)")
@@ -81,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p = sub.add_parser("config", help="print the resolved config")
     _config_args(p)
-    sub.add_parser("list", help="list registered sources, models, backbones, augmentations, "
-                               "vector backends, reducers, analyses")
+    p = sub.add_parser("list", help="list registered sources, models, backbones, "
+                                    "augmentations, vector backends, reducers, analyses")
+    p.add_argument("kind", nargs="?", metavar="KIND",
+                   help=f"only these: {', '.join(_KINDS)} (default: all)")
     p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
@@ -101,12 +159,29 @@ def _run_stage(args: argparse.Namespace) -> int:
             kw[name] = getattr(args, name)
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)
     if args.command == "pipeline":
-        print(result.summary())
+        print(redact(result.summary()))
         print(_next_steps(result, _example_id(result, hm.load_config(args.config,
                                                                       args.overrides))))
     else:
-        print(result)
+        print(redact(str(result)))
+        for line in _stage_next(result):
+            print(f"  next: {line}")
     return 0
+
+
+def _stage_next(result) -> list[str]:
+    """What to run after a single stage, with its run id filled in."""
+    rid = result.run_id
+    return {
+        "download": [f"hyrax-mlops train --dataset {rid}"],
+        "ingest": [f"hyrax-mlops train --dataset {rid}"],
+        "train": [f"hyrax-mlops infer --train-run {rid}"],
+        "tune": [f"hyrax-mlops infer --set infer.model=runs:/{rid}/model"],
+        "infer": [f"hyrax-mlops index --embeddings {rid}",
+                  f"hyrax-mlops reduce --embeddings {rid}"],
+        "index": [f"hyrax-mlops search --run {rid} --id OBJECT_ID -k 10"],
+        "reduce": ["hyrax-mlops app      # the maps, interactive"],
+    }.get(result.stage, [])
 
 
 def _example_id(result, cfg) -> str:
@@ -123,14 +198,27 @@ def _example_id(result, cfg) -> str:
         return "OBJECT_ID"
 
 
+def _experiment_id(run_id: str) -> str:
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id).info.experiment_id
+    except Exception:  # only a hint
+        return "0"
+
+
 def _next_steps(result, example_id: str = "OBJECT_ID") -> str:
     from hyrax_mlops.redact import redact
     from hyrax_mlops.tracking import tracking_uri
 
     # the store's address without its user:password@ (the terminal is often logged)
     idx, red, uri = result["index"].run_id, result["reduce"].run_id, redact(tracking_uri())
-    ui = (f"  open {uri}      # the team's MLflow server\n" if uri.startswith("http") else
-          f"  mlflow ui --backend-store-uri {uri}      # then open http://127.0.0.1:5000\n")
+    # MLflow 3.17's UI opens experiments in its GenAI view unless the link asks for runs
+    page = f"/#/experiments/{_experiment_id(result.run_id)}?workflowType=machine_learning"
+    ui = (f"  open {uri.rstrip('/')}{page}      # the team's MLflow server\n"
+          if uri.startswith("http") else
+          f"  mlflow ui --backend-store-uri {uri}\n"
+          f"  then open http://127.0.0.1:5000{page}\n")
     return (
         f"\npipeline run {result.run_id}\n"
         "Look at the results:\n"
@@ -209,23 +297,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list() -> int:
-    from hyrax_mlops.analysis.analyses import ANALYSES
-    from hyrax_mlops.analysis.reducers import REDUCERS
-    from hyrax_mlops.data.augment import AUGMENTATIONS
-    from hyrax_mlops.models import MODELS
-    from hyrax_mlops.models.backbones import BACKBONES
-    from hyrax_mlops.sources import SOURCES
-    from hyrax_mlops.vectors import VECTOR_BACKENDS
-
-    for title, reg in (("sources", SOURCES), ("models", MODELS), ("backbones", BACKBONES),
-                       ("augmentations", AUGMENTATIONS), ("vector backends", VECTOR_BACKENDS),
-                       ("reducers", REDUCERS), ("analyses", ANALYSES)):
-        print(f"{title}: {', '.join(reg.names())}")
+def _list(kind: str | None = None) -> int:
+    """`list`: every registry, one line each; `list KIND`: that one's names, one a line."""
+    if kind is None:
+        for name in _KINDS:
+            title = "vector backends" if name == "backends" else name
+            print(f"{title}: {', '.join(registered(name))}")
+        return 0
+    key = _KIND_ALIASES.get(kind.lower(), kind.lower())
+    if key not in _KINDS:
+        raise HyraxError(f"`hyrax-mlops list {kind}`: no such kind. Fix: one of "
+                         f"{', '.join(_KINDS)} (or none, for all)")
+    for name in registered(key):
+        print(name)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hyrax_mlops.quiet import quiet_mlflow
+
+    quiet_mlflow()  # before any MLflow import: no artifact bars, no type-hint warnings
     args = build_parser().parse_args(argv)
     try:
         if args.command in STAGES:
@@ -242,8 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "peel":
             import hyrax_mlops as hm
 
-            print(hm.peel(args.config, args.overrides, analyse=args.analyse,
-                          rounds=args.rounds, remove=args.remove, force=args.force))
+            print(redact(str(hm.peel(args.config, args.overrides, analyse=args.analyse,
+                                     rounds=args.rounds, remove=args.remove,
+                                     force=args.force))))
             return 0
         if args.command == "register":
             from hyrax_mlops.model_registry import register
@@ -257,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(hm.load_config(args.config, args.overrides).to_toml())
             return 0
-        return _list()
+        return _list(args.kind)
     except HyraxError as exc:
         print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2

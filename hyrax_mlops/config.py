@@ -330,7 +330,7 @@ class AnalyseConfig(_Section):
     gallery: int = Field(25, ge=0)
     # clusters
     cluster_method: Literal["hdbscan", "dbscan"] = "hdbscan"
-    cluster_on: Literal["latent", "map", "catalog"] = "latent"
+    cluster_on: Literal["auto", "latent", "map", "catalog"] = "auto"
     cluster_columns: list[str] = []
     cluster_umap_first: bool = False
     min_cluster_size: int = Field(10, ge=2)
@@ -372,8 +372,8 @@ class AnalyseConfig(_Section):
                              'columns to cluster on, e.g. ["ra", "dec", "redshift"]')
         if self.cluster_umap_first and self.cluster_on != "catalog":
             raise ValueError('analyse.cluster_umap_first applies to cluster_on = "catalog" '
-                             "only (a map is already 2D; set cluster_on = \"map\" for UMAP of "
-                             "the latent space)")
+                             "only (a map is already 2D; cluster_on = \"auto\" clusters a UMAP "
+                             "map of the latent space)")
         if self.catalog_mag and not self.reference_mag:
             raise ValueError("analyse.catalog_mag is compared with the reference's magnitude: "
                              "set analyse.reference_mag too")

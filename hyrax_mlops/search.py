@@ -2,9 +2,9 @@
 the index a run points to.
 
 `run` may be an index run, a pipeline run (its index stage is used) or an infer run
-(the newest index run of its embeddings). Results come back with the catalog rows and, when an
-`analyse` run of the same embeddings exists, its per-object columns (outlier score, cluster,
-crossmatched reference label).
+(the newest index run of its embeddings). Results come back with the catalog rows and, when
+`analyse` runs of the same embeddings exist, their per-object columns (outlier score, cluster,
+crossmatched reference label), the newest value of each column.
 """
 
 from __future__ import annotations
@@ -28,29 +28,50 @@ from hyrax_mlops.tracking import (
     use_store,
 )
 
+MAX_ANALYSE_RUNS = 50  # the newest analyse runs of one infer run whose columns are merged
 
-def with_analysis_columns(catalog: pd.DataFrame, embeddings_run_id: str | None,
-                          cfg: Config) -> pd.DataFrame:
-    """`catalog` plus the per-object columns (outlier score, cluster, reference label, ...)
-    of the newest finished analyse run of these embeddings, when there is one."""
+
+def analysis_columns(embeddings_run_id: str | None, cfg: Config) -> pd.DataFrame | None:
+    """Every per-object column (outlier score, cluster, reference label, ...) that the
+    FINISHED analyse runs of these embeddings made, merged: one row per object_id, and for
+    each column the values of the newest run that made it. So a later run of one analysis
+    (quality only, say) keeps the outlier scores and clusters of an earlier one. None when no
+    analyse run made any."""
     from mlflow.tracking import MlflowClient
 
     if not embeddings_run_id:
-        return catalog
+        return None
     exp = get_run(embeddings_run_id).info.experiment_id
     found = MlflowClient().search_runs(
         [exp], f"tags.`{TAG_STAGE}` = 'analyse' AND "
         f"tags.`{TAG_INPUT}embeddings` = '{embeddings_run_id}' AND "
         "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-        max_results=1)
-    if not found:
+        max_results=MAX_ANALYSE_RUNS)
+    merged: pd.DataFrame | None = None
+    for run in found:  # newest first: a column already taken is not overwritten
+        try:
+            path = fetch_artifacts(run.info.run_id, "analysis/columns.parquet", cfg)
+        except Exception:  # an analyse run without per-object columns
+            continue
+        table = pd.read_parquet(path)
+        table["object_id"] = table["object_id"].astype(str)
+        table = table.drop_duplicates("object_id").set_index("object_id")
+        if merged is None:
+            merged = table
+            continue
+        new = [c for c in table.columns if c not in merged.columns]
+        if new:
+            merged = merged.join(table[new], how="outer")
+    return None if merged is None else merged.reset_index()
+
+
+def with_analysis_columns(catalog: pd.DataFrame, embeddings_run_id: str | None,
+                          cfg: Config) -> pd.DataFrame:
+    """`catalog` plus the per-object columns of the analyse runs of these embeddings
+    (`analysis_columns`: newest value per column), when there are some."""
+    extra = analysis_columns(embeddings_run_id, cfg)
+    if extra is None:
         return catalog
-    try:
-        path = fetch_artifacts(found[0].info.run_id, "analysis/columns.parquet", cfg)
-    except Exception:  # an analyse run without per-object columns
-        return catalog
-    extra = pd.read_parquet(path)
-    extra["object_id"] = extra["object_id"].astype(str)
     return catalog.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))
 
 

@@ -44,11 +44,14 @@ _upstream_depth = 0
 
 
 def _quiet_environment() -> None:
-    """No telemetry or network look-ups from the libraries we drive."""
+    """No telemetry or network look-ups from the libraries we drive, and none of their noise
+    on the terminal (artifact progress bars, type-hint warnings: `quiet.quiet_mlflow`)."""
+    from hyrax_mlops.quiet import quiet_mlflow
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_mlflow()
 
 
 def tracking_uri() -> str:
@@ -129,25 +132,35 @@ def setup(cfg: Config) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    # MLflow 3 records an experiment's kind in this tag; hyrax's are model training ("Machine
+    # learning": runs, metric charts, models), not GenAI (traces, evaluations).
+    kind = {"mlflow.experimentKind": "custom_model_development"}
+
+    def _mark_model_training(exp) -> None:  # experiments made before hyrax set it
+        if "mlflow.experimentKind" not in (exp.tags or {}):  # never override a user's choice
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
+
     use_store()
     launcher = _launcher_run_id()
     if launcher:
-        return mlflow.get_run(launcher).info.experiment_id
+        exp = mlflow.get_experiment(mlflow.get_run(launcher).info.experiment_id)
+        _mark_model_training(exp)
+        return exp.experiment_id
     name = cfg.tracking.experiment
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    with store_lock.schema_lock(tracking_uri()):  # two processes may create it at once
-        exp = mlflow.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return mlflow.create_experiment(name)
-        except MlflowException:  # another process (on a server store) was first
+    if exp is None:
+        with store_lock.schema_lock(tracking_uri()):  # two processes may create it at once
             exp = mlflow.get_experiment_by_name(name)
             if exp is None:
-                raise
-            return exp.experiment_id
+                try:
+                    return mlflow.create_experiment(name, tags=kind)
+                except MlflowException:  # another process (on a server store) was first
+                    exp = mlflow.get_experiment_by_name(name)
+                    if exp is None:
+                        raise
+    _mark_model_training(exp)
+    return exp.experiment_id
+
 
 
 def _launcher_run_id() -> str | None:
@@ -195,16 +208,25 @@ def code_version() -> str:
 
 @dataclass
 class StageRun:
-    """What a stage returns: its run id and whether an earlier run was reused."""
+    """What a stage returns: its run id and whether an earlier run was reused; `name` is the
+    run's name in the store and `summary` what it made, a few lines read back from the
+    finished run (`summaries`)."""
 
     stage: str
     run_id: str
     reused: bool
     outputs: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    summary: list[str] = field(default_factory=list)
+
+    def headline(self) -> str:
+        """One line: stage, ran/reused, run name and id."""
+        how = "reused" if self.reused else "ran"
+        name = f"{self.name}  " if self.name else ""
+        return f"{self.stage:<9} {how:<7} {name}run {self.run_id}"
 
     def __str__(self) -> str:
-        how = "reused" if self.reused else "ran"
-        return f"{self.stage:<9} {how:<7} run {self.run_id}"
+        return "\n".join([self.headline(), *(f"  {line}" for line in self.summary)])
 
 
 @dataclass
@@ -215,6 +237,7 @@ class StageSpec:
     sections: tuple[str, ...]
     inputs: dict[str, str] = field(default_factory=dict)
     fingerprint: str | None = None  # e.g. of a user's input directory: part of the identity
+    name: str | None = None  # the run name, e.g. "train-conv_autoencoder-ld16-e3"; not identity
 
     def tags(self, cfg: Config) -> dict[str, str]:
         tags = {
@@ -386,9 +409,65 @@ def run_stage(
                     "waited for")
             else:
                 say(f"{spec.stage}: reusing finished run {found} (--force re-runs it)")
-            return StageRun(spec.stage, found, reused=True)
+            return _finished(StageRun(spec.stage, found, reused=True), client)
         return _open_run(spec, cfg, body, tags, client, experiment_id, parent_run_id,
                          launcher=launcher)
+
+
+def _finished(result: StageRun, client=None) -> StageRun:
+    """The run's name and summary lines, read back from the store."""
+    from hyrax_mlops.summaries import summarize
+
+    try:
+        if client is None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+        result.name = client.get_run(result.run_id).info.run_name or ""
+    except Exception:  # noqa: BLE001 - a name to show, never a reason to fail
+        pass
+    result.summary = summarize(result.stage, result.run_id)
+    return result
+
+
+@functools.cache
+def _default_config() -> Config:
+    from hyrax_mlops.config import load_config
+
+    return load_config(None)
+
+
+def _short(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_short(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def name_hint(stage: str, *parts, cfg: Config | None = None,
+              changed: dict[str, str] | None = None) -> str:
+    """A run name from its stage, the parts that say what it is, and (`changed`: config key ->
+    abbreviation) the settings that differ from the shipped defaults, e.g.
+    `name_hint("train", "conv_autoencoder", "ld16", "e3", cfg=cfg, changed={"train.lr": "lr"})`
+    -> "train-conv_autoencoder-ld16-e3-lr0.001" when train.lr was changed."""
+    out = [stage, *(_short(p) for p in parts if p not in (None, ""))]
+    if cfg is not None and changed:
+        defaults = _default_config()
+        for key, abbr in changed.items():
+            section, _, field_name = key.partition(".")
+            value = getattr(getattr(cfg, section), field_name, None)
+            if value != getattr(getattr(defaults, section), field_name, None):
+                out.append(f"{abbr}{_short(value)}")
+    return "-".join(out)
+
+
+def run_name(spec: StageSpec, tags: dict[str, str]) -> str:
+    """What a run is called: the stage's hint (stage, model, the settings that tell runs
+    apart), else the stage and a short config hash. Kept to 60 characters."""
+    name = spec.name or f"{spec.stage}-{tags[TAG_CONFIG_HASH][:6]}"
+    name = "".join(c if c.isprintable() else "_" for c in name)
+    return name if len(name) <= 60 else name[:53] + "-" + tags[TAG_CONFIG_HASH][:6]
 
 
 def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
@@ -397,7 +476,7 @@ def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
     """Run `body` in a new run, in the `mlflow run` run, or in the run being resumed."""
     import mlflow
 
-    run_name = f"{spec.stage}-{tags[TAG_CONFIG_HASH][:6]}"
+    name = run_name(spec, tags)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     owner = run_owner.owner_tags()
@@ -405,11 +484,11 @@ def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
         run_id = resume_run_id
     elif launcher:
         run_id = launcher
-        for k, v in {**tags, **owner, "mlflow.runName": run_name}.items():
+        for k, v in {**tags, **owner, "mlflow.runName": name}.items():
             client.set_tag(run_id, k, v)
     else:
         run_id = client.create_run(experiment_id, tags={**tags, **owner},
-                                   run_name=run_name).info.run_id
+                                   run_name=name).info.run_id
 
     active = mlflow.active_run()
     with run_owner.heartbeat(mlflow.get_tracking_uri(), run_id), \
@@ -426,7 +505,7 @@ def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
             mlflow.set_tag(TAG_ERROR, redact(f"{type(exc).__name__}: {exc}")[:4000])
             mlflow.end_run(status="FAILED")
             raise
-    return StageRun(spec.stage, run_id, reused=False, outputs=outputs)
+    return _finished(StageRun(spec.stage, run_id, reused=False, outputs=outputs), client)
 
 
 # --------------------------------------------------------------------------- reading runs

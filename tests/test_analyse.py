@@ -225,6 +225,53 @@ def test_latent_quality_against_measured_morphology(demo_sandbox, tmp_path, caps
 # --------------------------------------------------------------------------- clusters
 
 
+def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys):
+    """The default `analyse` on the demo finds clusters (a UMAP map of the latent space, where
+    HDBSCAN on the raw latent space called every object noise), says so with its top outliers
+    and where the gallery is; a later quality-only run keeps those columns in search results."""
+    result, cfg = demo_sandbox
+    infer = result["infer"].run_id
+    experiment = ["--set", f"tracking.experiment={cfg.tracking.experiment}"]
+    capsys.readouterr()
+    assert main(["analyse", "--embeddings", infer, *experiment]) == 0
+    out = capsys.readouterr().out  # the run's headline, then what it found
+    assert out.startswith("analyse   ran")
+    found = re.search(r"\n  clusters: (\d+) clusters, (\d+)% noise", out)
+    assert found and int(found[1]) >= 2, out
+    assert "UMAP 2D of latent (16D)" in out
+    strongest = re.search(r"strongest: (XDF\d+) \((\d\.\d+)\)", out)
+    assert strongest and "15 flagged" in out
+    gallery = re.search(r"open (\S+outlier_gallery\.png)", out)
+    assert gallery and Path(gallery[1]).stat().st_size > 0
+    run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
+                             filter_string="tags.`hyrax.stage` = 'analyse'")[0]
+    assert run.data.metrics["clusters.n_clusters"] == int(found[1])
+    top = artifact_table(run.info.run_id, "analysis/outliers.parquet", cfg).iloc[0]
+    assert (top["object_id"], f"{top['outlier_score']:.3f}") == (strongest[1], strongest[2])
+
+    # a later run of one analysis adds its columns; the earlier ones stay in search results
+    later = hm.analyse(cfg, {"analyse.analyses": ["quality"], "analyse.label_column": "colour"},
+                       embeddings=infer)
+    assert re.search(r"\n  quality against 'colour': kNN purity 0\.\d{3} \(chance 0\.\d{3}\)",
+                     str(later))
+    hits = hm.search_by_id(result["index"].run_id, "XDF00001", 5, cfg)
+    assert {"outlier_score", "cluster", "is_outlier", "label_purity"} <= set(hits.columns)
+    assert hits[["outlier_score", "cluster", "label_purity"]].notna().all().all()
+
+    # given a map (as the pipeline gives its own), "auto" clusters that map
+    from sklearn.cluster import HDBSCAN
+
+    mapped = result["reduce"].run_id
+    on_map = hm.analyse(cfg, {"analyse.analyses": ["clusters"]}, embeddings=infer, map=mapped)
+    assert mlflow.get_run(on_map.run_id).data.tags["hyrax.analyse.cluster_space"] == "UMAP 2D"
+    clusters = artifact_table(on_map.run_id, "analysis/clusters.parquet", cfg)
+    umap = artifact_table(mapped, "reductions/umap_2d.parquet", cfg).set_index("object_id")
+    direct = HDBSCAN(min_cluster_size=10, min_samples=5, copy=True).fit_predict(
+        umap.loc[clusters["object_id"], ["x", "y"]].to_numpy())
+    np.testing.assert_array_equal(clusters["cluster"], direct)
+
+
+
 def test_clusters_on_the_map_and_on_catalog_columns(demo_sandbox):
     from sklearn.cluster import DBSCAN, HDBSCAN
 

@@ -3,6 +3,7 @@ holding a pipeline run on real XDF galaxies. Screenshots land in test-artifacts/
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import urllib.error
@@ -19,6 +20,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftsh
          "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# HYRAX_DOCS_IMG=1 also refreshes the README's screenshots in docs/img from these tests
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test "
                                                          "installs it)")
@@ -50,6 +53,23 @@ def page(browser):
     context.close()
 
 
+def shot(page, name: str, docs: str | None = None) -> None:
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+    if docs and os.environ.get("HYRAX_DOCS_IMG") == "1":
+        page.screenshot(path=str(DOCS_IMG / docs), full_page=True)
+
+
+def trace_lengths(page, graph: str = "explorer-graph") -> dict:
+    """Points per trace name in a drawn plot, as the browser holds them."""
+    return page.evaluate(f"() => Object.fromEntries(document.querySelector('#{graph} "
+                         ".js-plotly-plot')._fullData.map(t => [t.name, (t.x || []).length]))")
+
+
+def wait_trace(page, name: str, n: int, graph: str = "explorer-graph") -> None:
+    page.wait_for_function(f"() => document.querySelector('#{graph} .js-plotly-plot')"
+                           f"._fullData.some(t => t.name === '{name}' && t.x.length === {n})")
+
+
 def plot_ready(page, graph: str) -> None:
     page.wait_for_function(
         f"() => {{ const g = document.querySelector('#{graph} .js-plotly-plot');"
@@ -64,14 +84,41 @@ def open_explorer(page, url: str) -> None:
                            ".includes('objects in view')")
 
 
-def test_runs_table_lists_the_pipeline_runs_and_their_lineage(page, app_url, demo):
-    result, _ = demo
+def test_runs_table_lists_the_pipeline_runs_and_their_lineage(page, app_url, demo_store):
+    import mlflow
+
+    result, _ = demo_store
+    train_id = result["train"].run_id
     page.goto(app_url)
     page.wait_for_selector("#runs-grid .ag-row")
     grid_text = page.inner_text("#runs-grid")
     for stage in ("pipeline", "download", "train", "infer", "index", "reduce"):
         assert stage in grid_text
     assert result["reduce"].run_id in grid_text
+    n_runs = len(mlflow.search_runs(search_all_experiments=True))
+    assert page.inner_text("#runs-message") == f"{n_runs} runs"
+    # the numbers show: the train run's final val_loss as the grid displays it
+    cell = page.locator(f"#runs-grid .ag-center-cols-container .ag-row[row-id='{train_id}'] "
+                        "[col-id='metrics.val_loss']")
+    expected = mlflow.get_run(train_id).data.metrics["val_loss"]
+    assert float(cell.inner_text()) == pytest.approx(expected, abs=1e-3)
+    batch = page.locator(f"#runs-grid .ag-center-cols-container .ag-row[row-id='{train_id}'] "
+                         "[col-id='params.data.batch_size']")
+    assert batch.inner_text() == mlflow.get_run(train_id).data.params["data.batch_size"]
+    # every column shown has a value in at least one run
+    filled = page.evaluate("""() => {
+        const out = {};
+        document.querySelectorAll('#runs-grid .ag-center-cols-container .ag-cell').forEach(c => {
+            const k = c.getAttribute('col-id');
+            out[k] = (out[k] || 0) + (c.innerText.trim() ? 1 : 0);
+        });
+        return out;
+    }""")
+    filled.pop("ag-Grid-SelectionColumn")  # the checkboxes
+    assert len(filled) > 10 and not [k for k, n in filled.items() if n == 0]
+    # nothing selected yet: the plots say what to do instead of showing bare axes
+    assert "Select runs in the grid" in page.text_content("#runs-curves")
+    assert "Pick a metric" in page.text_content("#runs-parcoords")
     page.locator("#runs-grid .ag-row", has_text=result["train"].run_id).first.click()
     page.wait_for_selector("#runs-lineage button")
     lineage_text = page.inner_text("#runs-lineage")
@@ -81,7 +128,15 @@ def test_runs_table_lists_the_pipeline_runs_and_their_lineage(page, app_url, dem
     page.get_by_text("val_loss", exact=True).last.click()
     page.wait_for_function("() => document.querySelector('#runs-curves .js-plotly-plot')"
                            "._fullData.length > 0")
-    page.screenshot(path=str(SHOTS / "runs.png"), full_page=True)
+    history = mlflow.MlflowClient().get_metric_history(train_id, "val_loss")
+    assert trace_lengths(page, "runs-curves") == {
+        f"{mlflow.get_run(train_id).data.tags['mlflow.runName']} {train_id[:6]}": len(history)}
+    page.locator("#runs-parcoords-metric").click()
+    page.get_by_text("val_loss", exact=True).last.click()
+    # one train run in the demo: nothing to set against val_loss, and the plot says so
+    page.wait_for_function("() => document.querySelector('#runs-parcoords').textContent"
+                           ".includes('val_loss differs between fewer than two')")
+    shot(page, "runs.png", docs="runs.png")
 
 
 def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo_store):
@@ -139,7 +194,10 @@ def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo
                            ".innerText.includes('selected objects')")
     found = {c.split()[0] for c in page.locator(".neighbour-tile figcaption").all_inner_texts()}
     assert found and not (found & set(csv["object_id"]))
-    page.screenshot(path=str(SHOTS / "explorer-neighbours.png"), full_page=True)
+    # the map marks the lasso's objects and the neighbours found
+    wait_trace(page, "neighbours", len(found))
+    assert trace_lengths(page)["selection"] == n_selected
+    shot(page, "explorer-neighbours.png", docs="explorer.png")
 
     # a reference catalog by object_id: matched objects drawn as their own trace
     ref = SHOTS / "reference.csv"
@@ -155,26 +213,56 @@ def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo
     page.get_by_text("Compare", exact=True).click()
     page.wait_for_selector("#compare-graphs .js-plotly-plot")
     page.wait_for_function(f"() => document.querySelector('#compare-info').innerText"
-                           f".includes('{n_selected:,} selected objects')")
+                           f".includes('{n_selected:,} selected object')")
     names = page.evaluate("() => [...document.querySelectorAll('#compare-graphs .js-plotly-plot')]"
                           ".map(g => g._fullData.map(t => t.name))")
     assert names and all("selection" in n and "reference" in n for n in names)
     page.screenshot(path=str(SHOTS / "compare-highlight.png"), full_page=True)
 
 
-def test_clicking_a_point_shows_its_neighbours(page, app_url):
+def test_hovering_and_clicking_a_point_shows_its_cutout_and_neighbours(page, app_url):
     open_explorer(page, app_url)
-    xy = page.evaluate("""() => {
-        const g = document.querySelector('#explorer-graph .js-plotly-plot');
-        const t = g._fullData[0], L = g._fullLayout;
-        const box = g.querySelector('.nsewdrag').getBoundingClientRect();
-        return {x: box.left + L.xaxis.l2p(t.x[0]), y: box.top + L.yaxis.l2p(t.y[0]),
-                id: t.customdata[0]};
-    }""")
+    # hover: a card with the object's cutout and its non-empty columns
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    card = page.locator(".hover-card")
+    for _ in range(5):  # the map may still be laying out (its colour bar moves the axes)
+        xy = page.evaluate("""() => {
+            const g = document.querySelector('#explorer-graph .js-plotly-plot');
+            const t = g._fullData[0], L = g._fullLayout;
+            const box = g.querySelector('.nsewdrag').getBoundingClientRect();
+            return {x: box.left + L.xaxis.l2p(t.x[0]), y: box.top + L.yaxis.l2p(t.y[0]),
+                    id: t.customdata[0]};
+        }""")
+        page.mouse.move(xy["x"] - 30, xy["y"] - 30)
+        page.mouse.move(xy["x"], xy["y"], steps=5)
+        try:
+            card.wait_for(state="visible", timeout=2_500)
+            break
+        except PlaywrightTimeout:
+            continue
+    card.wait_for(state="visible", timeout=1_000)
+    img = card.locator("img")
+    assert img.get_attribute("alt") == xy["id"]
+    hover_src = img.get_attribute("src")
+    assert hover_src.startswith("data:image/png;base64,") and len(hover_src) > 200
+    text = card.inner_text()
+    assert xy["id"] in text and "flux: " in text and "nan" not in text.lower()
+    shot(page, "explorer-hover.png")
+
     page.mouse.click(xy["x"], xy["y"])
     page.wait_for_function(f"() => document.querySelector('#explorer-neighbours')"
                            f".innerText.includes('Neighbours of {xy['id']}')")
-    assert page.locator(".neighbour-tile").first.get_attribute("data-object-id") == xy["id"]
+    tile = page.locator(".neighbour-tile").first
+    assert tile.get_attribute("data-object-id") == xy["id"]
+    # the hover showed the same cutout as the object's own neighbour tile
+    assert tile.locator("img").get_attribute("src") == hover_src
+    # the clicked point and its 8 neighbours are marked on the map
+    wait_trace(page, "neighbours", 9)
+    marked = page.evaluate("() => document.querySelector('#explorer-graph .js-plotly-plot')"
+                           "._fullData.find(t => t.name === 'neighbours').customdata")
+    assert set(marked) == set(page.locator(".neighbour-tile").evaluate_all(
+        "ts => ts.map(t => t.getAttribute('data-object-id'))"))
 
 
 def test_3d_map_and_compare_view(page, app_url):
@@ -186,6 +274,13 @@ def test_3d_map_and_compare_view(page, app_url):
     plot_ready(page, "explorer-graph")
     assert page.evaluate("() => document.querySelector('#explorer-graph .js-plotly-plot')"
                          "._fullData[0].type") == "scatter3d"
+    # neighbours of a typed id are marked in 3D too
+    page.fill("#explorer-search-id", "XDF00007")
+    page.press("#explorer-search-id", "Enter")
+    page.wait_for_selector(".neighbour-tile")
+    wait_trace(page, "neighbours", 9)
+    assert page.evaluate("() => document.querySelector('#explorer-graph .js-plotly-plot')"
+                         "._fullData.find(t => t.name === 'neighbours').type") == "scatter3d"
     page.get_by_text("Compare", exact=True).click()
     page.wait_for_selector("#compare-graphs .js-plotly-plot")
     time.sleep(1)

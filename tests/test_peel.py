@@ -19,7 +19,7 @@ def table(run_id: str, path: str) -> pd.DataFrame:
     return pd.read_csv(local) if path.endswith(".csv") else pd.read_parquet(local)
 
 
-def test_two_rounds_peel_the_top_outliers_and_retrain(demo_sandbox):
+def test_two_rounds_peel_the_top_outliers_and_retrain(demo_sandbox, capsys):
     result, cfg = demo_sandbox
     start = hm.analyse(cfg, PEEL, embeddings=result["infer"].run_id)
     first_outliers = table(start.run_id, "analysis/outliers.parquet")
@@ -59,6 +59,25 @@ def test_two_rounds_peel_the_top_outliers_and_retrain(demo_sandbox):
     assert "quality.knn_purity" not in rounds or rounds["val_loss"].notna().all()
     history = mlflow.MlflowClient().get_metric_history(peel.run_id, "removed")
     assert [m.value for m in history] == [15, len(flagged2)]
+
+
+    # the demo and its peeled retrain compared by latent quality out of the box: scored
+    # against the demo's own label (colour, measured from the image), not dashes
+    from hyrax_mlops.cli import main
+
+    runs = [result["infer"].run_id, rounds["infer"][0]]
+    compared = hm.compare(runs)
+    assert set(compared["infer_run"]) == set(runs)
+    assert list(compared["label"]) == ["colour", "colour"]
+    assert list(compared["scored"]) == ["compare", "compare"]
+    assert compared[["knn_purity", "knn_purity_chance", "silhouette"]].notna().all().all()
+    assert main(["compare", *runs]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    for _, row in compared.iterrows():
+        line = next(x for x in out.splitlines() if row["run"] in x)
+        assert f"{row['knn_purity']:.4f}" in line and f"{row['knn_purity_chance']:.4f}" in line
+    assert "have not been analysed" not in out
 
 
 def test_a_selection_file_is_removed_in_the_first_round(demo_sandbox, tmp_path: Path):

@@ -1,10 +1,12 @@
 """Model registry and serving: a demo train run's model registered with an alias, used by
 `infer` through `models:/NAME@alias`, and served by `mlflow models serve` over HTTP, answering
-cutouts sent as arrays or as FITS files with the same embeddings `infer` wrote."""
+cutouts (a FITS stamp's pixels, made by the README's command) with the same embeddings `infer`
+wrote, and refusing a wrong shape with a JSON message."""
 
 from __future__ import annotations
 
-import base64
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,6 @@ import requests
 import hyrax_mlops as hm
 
 from servers import model_server
-
-STAMPS = Path(__file__).parent / "data" / "xdf_fits" / "stamps"
 
 
 def embeddings_of(run_id: str) -> pd.DataFrame:
@@ -50,7 +50,7 @@ def test_register_sets_the_alias_and_infer_takes_it(champion):
         hm.register(result["dataset"].run_id, "nope")
 
 
-def test_mlflow_models_serve_answers_arrays_and_fits(champion, demo_dir):
+def test_mlflow_models_serve_answers_arrays(champion, demo_dir):
     import mlflow
 
     from hyrax_mlops.data.dataset import Dataset
@@ -76,12 +76,61 @@ def check_served_embeddings(url: str, pixels, ids, expected: pd.DataFrame) -> No
                                np.stack(expected.loc[ids, "embedding"]),
                                rtol=1e-4, atol=1e-5)
 
-    fits_b64 = base64.b64encode((STAMPS / "XDF00001.fits").read_bytes()).decode()
-    answer = requests.post(f"{url}/invocations", json={
-        "dataframe_split": {"columns": ["fits"], "data": [[fits_b64]]}}, timeout=60)
-    assert answer.ok, answer.text
-    np.testing.assert_allclose(answer.json()["predictions"][0]["embedding"],
-                               expected.loc["XDF00001", "embedding"], rtol=1e-4, atol=1e-5)
-
     bad = requests.post(f"{url}/invocations", json={"inputs": [[1.0, 2.0]]}, timeout=60)
-    assert bad.status_code >= 400 and "bands, h, w" in bad.text
+    assert bad.status_code == 400, bad.text
+    error = bad.json()  # a JSON answer saying why, not a stack trace
+    assert error["error_code"] == "INVALID_PARAMETER_VALUE" and "stack_trace" not in error
+    assert "does not match expected shape" in error["message"], error["message"]
+    assert "Traceback" not in bad.text
+
+
+def readme_serving_commands() -> list[str]:
+    """The README's commands that make the request body and send it, as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Model registry and serving"):]
+    block = section[section.index("```bash"):].split("```")[1]
+    lines = [ln for ln in block.splitlines() if ln.startswith(("python -c", "curl "))]
+    assert len(lines) == 2, lines
+    return lines
+
+
+def test_readme_request_runs_as_written(champion, demo_dir, tmp_path):
+    """The README's stamp.json + curl, run literally (only the port differs), answer with the
+    embedding `infer` wrote for that galaxy; the model shows its signature, input example and
+    its best epoch's metrics."""
+    import os
+    import subprocess
+
+    import mlflow
+
+    reg, result, cfg = champion
+    expected = embeddings_of(result["infer"].run_id)
+    model = mlflow.models.get_model_info("models:/xdf-autoencoder@champion")
+    inputs = model.signature.inputs.to_dict()[0]
+    assert inputs["type"] == "tensor" and inputs["tensor-spec"]["dtype"] == "float32"
+    assert inputs["tensor-spec"]["shape"][0] == -1 and len(inputs["tensor-spec"]["shape"]) == 4
+    assert model.saved_input_example_info is not None
+
+    logged = mlflow.get_logged_model(model.model_id)
+    run = mlflow.get_run(result["train"].run_id)
+    on_model = {m.key: m for m in logged.metrics}
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    best = min(history, key=lambda m: m.value)
+    assert on_model["val_loss"].value == pytest.approx(best.value)  # the best epoch, not the 1st
+    assert on_model["best_val_loss"].value == pytest.approx(run.data.metrics["best_val_loss"])
+    assert on_model["final_val_loss"].value == pytest.approx(history[-1].value)
+    assert "test_loss" in on_model and "final_train_loss" in on_model
+    assert len(history) == cfg.train.epochs  # linking added no point to the run's curve
+
+    (tmp_path / "tests").symlink_to(Path(__file__).resolve().parent)  # README paths from repo root
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    make_body, curl = readme_serving_commands()
+    with model_server("models:/xdf-autoencoder@champion", mlflow.get_tracking_uri(),
+                      demo_dir / "serve-readme.log") as url:
+        subprocess.run(make_body, shell=True, check=True, cwd=tmp_path, env=env, timeout=60)
+        out = subprocess.run(curl.replace("http://127.0.0.1:5001", url), shell=True, check=True,
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    got = json.loads(out.stdout)["predictions"]
+    assert len(got) == 1
+    np.testing.assert_allclose(got[0]["embedding"], expected.loc["XDF00001", "embedding"],
+                               rtol=1e-4, atol=1e-5)

@@ -51,6 +51,7 @@ class AnalysisResult:
     metrics: dict[str, float] = field(default_factory=dict)  # run-level numbers
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # per object, order of ids
     notes: list[str] = field(default_factory=list)  # what a user should know (said, and tagged)
+    tags: dict[str, str] = field(default_factory=dict)  # run-level words, e.g. the space clustered
 
 
 Analysis = Callable[[AnalysisContext], AnalysisResult]

@@ -1,5 +1,8 @@
 """Clusters with HDBSCAN or DBSCAN, in the latent space, on a 2D map, or in catalog columns.
 
+`cluster_on = "auto"` (the default) clusters the reduce run's 2D map when the analysis has
+one, else a UMAP 2D map of the latent space made on the spot.
+
 `cluster_on = "catalog"` clusters the z-scored `cluster_columns`; with `cluster_umap_first`
 those are first mapped to 2D with UMAP and then clustered (the recipe used to find lens
 fields: UMAP of the catalog, then DBSCAN). Label -1 is noise (and objects with a missing
@@ -18,6 +21,7 @@ from hyrax_mlops.errors import ConfigError
 CLUSTERS_TABLE = "analysis/clusters.parquet"
 SUMMARY = "analysis/cluster_summary.csv"
 PLOT = "plots/clusters.png"
+SPACE_TAG = "hyrax.analyse.cluster_space"  # on the analyse run: what was clustered
 _SILHOUETTE_SAMPLE = 5000
 
 
@@ -50,13 +54,30 @@ def catalog_space(catalog: pd.DataFrame, columns: list[str]) -> tuple[np.ndarray
     return values, ok
 
 
+def latent_map(ctx: AnalysisContext) -> tuple[np.ndarray, str]:
+    """A UMAP 2D map of the latent space, made as `reduce` makes its own (its default
+    settings, `analyse.seed`): density clustering finds nothing in the raw latent space
+    (on the demo, HDBSCAN calls every object noise) and clusters well on such a map."""
+    from hyrax_mlops.analysis.reducers import REDUCERS
+    from hyrax_mlops.config import ReduceConfig
+
+    n, width = ctx.vectors.shape
+    if n < 4:
+        return ctx.vectors, f"latent ({width}D)"
+    xy = REDUCERS.get("umap")(ctx.vectors, 2, ReduceConfig(seed=ctx.cfg.seed))
+    return np.asarray(xy, dtype=float), f"UMAP 2D of latent ({width}D)"
+
+
 def cluster_space(ctx: AnalysisContext) -> tuple[np.ndarray, np.ndarray, str]:
     """The points to cluster, which objects take part, and a name for the space."""
     cfg = ctx.cfg
     every = np.ones(len(ctx.ids), dtype=bool)
+    if cfg.cluster_on == "auto" and ctx.map is None:
+        space, name = latent_map(ctx)
+        return space, every, name
     if cfg.cluster_on == "latent":
         return ctx.vectors, every, f"latent ({ctx.vectors.shape[1]}D)"
-    if cfg.cluster_on == "map":
+    if cfg.cluster_on in ("map", "auto"):
         if ctx.map is None:
             raise ConfigError('config key \'analyse.cluster_on\' = "map" needs a reduce run\'s '
                               "2D map: pass --map RUN (map= in Python)")
@@ -156,4 +177,5 @@ def clusters(ctx: AnalysisContext) -> AnalysisResult:
         figures={PLOT: plot(xy, labels, title)},
         metrics=metrics,
         columns={"cluster": labels},
+        tags={SPACE_TAG: where},
     )

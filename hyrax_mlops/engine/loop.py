@@ -146,6 +146,23 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> float:
     return evaluate_all(model, loader, device).loss
 
 
+def _close_bar(bar, result: TrainResult, cfg: TrainConfig, progress: bool) -> None:
+    """Close the bar where training ended (an early stop: at that epoch, not frozen short of
+    the planned total), with the best epoch beside it and, after an early stop, a note why."""
+    ran = len(result.history)
+    if result.stopped_early:
+        bar.total = bar.n
+        bar.set_description("train (stopped early)", refresh=False)
+    bar.close()
+    if progress and result.stopped_early:
+        import sys
+
+        tqdm.write(f"[hyrax] train: stopped early after {ran} of {cfg.epochs} epochs (no "
+                   f"val_loss improvement in {cfg.early_stopping_patience}); best epoch "
+                   f"{result.best_epoch} (of 0..{ran - 1}), val_loss "
+                   f"{result.best_val_loss:.4g}", file=sys.stderr)
+
+
 def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         checkpoint: Path, on_epoch: Callable[[EpochStats], None] | None = None, *,
         step: Callable | None = None, resume: dict | None = None,
@@ -175,8 +192,10 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         torch.save(resume["best_model"], checkpoint)
     sampler = getattr(train_loader, "sampler", None)
     after_step = getattr(model, "after_step", None)
-    bar = tqdm(range(first, cfg.epochs), desc="train", unit="epoch", disable=not progress)
-    for epoch in bar:
+    # counted by hand: a bar being iterated closes itself at a `break`, short of the epoch
+    # that stopped it
+    bar = tqdm(total=cfg.epochs - first, desc="train", unit="epoch", disable=not progress)
+    for epoch in range(first, cfg.epochs):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)  # a DistributedSampler reshuffles per epoch
         model.train()
@@ -239,10 +258,12 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
                       "best_val_loss": result.best_val_loss, "best_epoch": result.best_epoch,
                       "stale": stale, "history": [vars(h) for h in result.history],
                       "best_model": torch.load(checkpoint, weights_only=True)})
-        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+                        best=f"{result.best_val_loss:.4f}@{result.best_epoch}", refresh=False)
+        bar.update(1)
         if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
             result.stopped_early = True
             break
-    bar.close()
+    _close_bar(bar, result, cfg, progress)
     model.load_state_dict(torch.load(checkpoint, map_location=device, weights_only=True))
     return result

@@ -6,6 +6,7 @@ Ray otherwise probes cloud metadata addresses and binds external interfaces: the
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -39,7 +40,9 @@ def init_ray(cfg: Config):
     if ray.is_initialized():
         return ray
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+    # Ray's own start-up lines stay off the terminal; its warnings and errors still show
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True,
+                    "logging_level": logging.WARNING}
     if address == "local":
         kwargs["num_cpus"] = cfg.ray.num_cpus or None
     elif address.split("://")[-1].split(":")[0] in ("127.0.0.1", "localhost"):

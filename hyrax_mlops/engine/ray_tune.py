@@ -68,9 +68,30 @@ def trial_config(cfg: Config, sampled: dict[str, Any]) -> Config:
                              for k, v in sampled.items()})
 
 
+# Ray's own lines that say nothing to a user of `tune` (its INFO: "Checkpoint successfully
+# created at ...", "Wrote the latest version of all result files ..."); warnings still show
+_RAY_LOGGERS = ("ray.train._internal.storage", "ray.train.v2._internal.execution.storage",
+                "ray.tune.tune", "ray.tune.execution.tune_controller")
+
+
+def _quiet_ray_loggers() -> None:
+    import logging
+
+    for name in (*_RAY_LOGGERS, "optuna"):  # optuna: "A new study created in memory"
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+
+
 def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
     """A Ray Tune function trainable: train one configuration, report each epoch."""
     import ray.tune
+
+    _quiet_ray_loggers()  # in the trial's worker process
     from mlflow.tracking import MlflowClient
 
     from hyrax_mlops.data.normalize import Normalizer
@@ -114,16 +135,23 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
 
 def run_sweep(cfg: Config, provider, parent_run_id: str, experiment_id: str,
               tracking_uri: str, storage: Path):
-    """Run the sweep; return Ray's ResultGrid."""
+    """Run the sweep; return Ray's ResultGrid. Ray prints nothing of its own (no tables, no
+    TensorBoard hint): the tune stage's summary says what the sweep found."""
+    import os
+
     from hyrax_mlops.engine.ray_env import init_ray, quiet_ray_environment
 
     quiet_ray_environment()
+    # Ray's new console output prints its experiment table and TensorBoard hint at any
+    # verbosity; the legacy one (with verbose=0) prints nothing
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     init_ray(cfg)
+    _quiet_ray_loggers()
     t = cfg.tune
     searcher = ConcurrencyLimiter(OptunaSearch(seed=t.seed), max_concurrent=t.max_concurrent)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
@@ -142,6 +170,6 @@ def run_sweep(cfg: Config, provider, parent_run_id: str, experiment_id: str,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                     num_samples=t.num_samples, metric=t.metric, mode=t.mode),
         run_config=tune.RunConfig(name=f"hyrax-tune-{parent_run_id}", storage_path=str(storage),
-                                  verbose=1),
+                                  verbose=0, progress_reporter=None),
     )
     return tuner.fit()

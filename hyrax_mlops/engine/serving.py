@@ -1,11 +1,13 @@
 """The trained model as an MLflow pyfunc: cutouts in, embeddings (and class probabilities) out.
 
 `mlflow models serve -m models:/NAME@champion --env-manager local` then answers
-`POST /invocations` with either
-    {"inputs": [[[[...]]]]}                          cutouts as a (n, bands, h, w) array, or
-    {"dataframe_split": {"columns": ["fits"], "data": [["<base64 FITS>"], ...]}}
-and returns {"predictions": [{"object": 0, "embedding": [...], ...}, ...]}. Raw pixels are
-normalised with the transform fitted at training time, as in `infer`.
+`POST /invocations` with {"inputs": [[[[...]]]]}, raw cutouts as a float32 (n, bands, h, w) array
+(the model's signature says which bands, h, w; its `serving_input_example.json` is two real
+stamps), and returns {"predictions": [{"object": 0, "embedding": [...], ...}, ...]}. Raw pixels
+are normalised with the transform fitted at training time, as in `infer`. A request MLflow or the
+model cannot take is answered with a JSON {"error_code": ..., "message": ...} saying why.
+Models logged before they had a signature also take {"dataframe_split": {"columns": ["fits"],
+"data": [["<base64 FITS>"], ...]}}; the signature's tensor schema rules that out for new ones.
 
 The model is logged as MLflow "models from code" (`pyfunc_model.py`): nothing is pickled, and
 loading it rebuilds the network from its spec and loads the weights with `weights_only=True`.
@@ -72,14 +74,20 @@ class HyraxPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):  # untyped: arrays or tables
         import pandas as pd
+        from mlflow.exceptions import MlflowException
 
         from hyrax_mlops.engine.inference import embed_cutouts
 
-        x = cutouts_from(model_input)
+        # an MlflowException is answered as a JSON message; anything else as a stack trace
+        try:
+            x = cutouts_from(model_input)
+        except ValueError as e:
+            raise MlflowException.invalid_parameter_value(str(e)) from None
         shape = tuple(self.spec["input_shape"])
         if x.shape[1:] != shape:
-            raise ValueError(f"cutouts of shape {list(x.shape[1:])}; this model takes "
-                             f"{list(shape)} (bands, h, w)")
+            raise MlflowException.invalid_parameter_value(
+                f"cutouts of shape {list(x.shape[1:])}; this model takes {list(shape)} "
+                "(bands, h, w)")
         z, p = embed_cutouts(self.model, self.normalizer, x)
         out = pd.DataFrame({"object": np.arange(len(x)),
                             "embedding": [row.tolist() for row in z]})
@@ -92,14 +100,44 @@ class HyraxPyfunc(mlflow.pyfunc.PythonModel):
 
 
 def log_hyrax_model(model, name: str, params: dict[str, Any], input_shape, normalizer,
-                    tmp: Path, registered_model_name: str | None = None):
-    """Log the model as `model` of the active run (pyfunc from code + the hyrax bundle)."""
+                    tmp: Path, registered_model_name: str | None = None, *,
+                    example=None, step: int = 0,
+                    link_prefixes: tuple[str, ...] = (),
+                    model_metrics: dict[str, float] | None = None):
+    """Log the model as `model` of the active run (pyfunc from code + the hyrax bundle).
+
+    `example`: a function giving a few raw cutouts (n, bands, h, w); with them the model gets
+    an input example and a signature (inferred by running the model on them). The run's
+    metrics at `step` (the best epoch: its val_loss, train_loss, ...) are linked to the logged
+    model, and so are its latest metrics whose names start with one of `link_prefixes`
+    (best_val_loss, test_loss, ...); `model_metrics` (final_val_loss, ...) are logged to the
+    run and linked to the model."""
     import torch
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
 
     bundle = tmp / "bundle"
     write_bundle(model, name, params, input_shape, normalizer, bundle)
-    return mlflow.pyfunc.log_model(
+    kwargs = {}
+    if example is not None:
+        try:
+            kwargs["input_example"] = np.ascontiguousarray(example(), dtype=np.float32)
+        except Exception as e:  # noqa: BLE001 - a model without an example is still a model
+            import logging
+
+            logging.getLogger(__name__).warning("model logged without input example: %s", e)
+    info = mlflow.pyfunc.log_model(
         name="model", python_model=str(MODEL_CODE), artifacts={"bundle": str(bundle)},
         pip_requirements=[f"torch>={torch.__version__.split('+')[0]}",
                           f"numpy>={np.__version__}", "hyrax-mlops"],
-        registered_model_name=registered_model_name or None)
+        registered_model_name=registered_model_name or None, step=step, **kwargs)
+    run_id = mlflow.active_run().info.run_id
+    client = MlflowClient()
+    linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=info.model_id)
+              for key in client.get_run(run_id).data.metrics if key.startswith(link_prefixes)
+              for m in client.get_metric_history(run_id, key)[-1:]]
+    if linked:  # the same metric values, now also on the model (not a second point in the run)
+        client.log_batch(run_id, metrics=linked)
+    if model_metrics:
+        mlflow.log_metrics(model_metrics, model_id=info.model_id)
+    return info

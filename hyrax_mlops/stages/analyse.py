@@ -15,6 +15,7 @@ from pathlib import Path
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
 from hyrax_mlops.config import Config, require_path
 from hyrax_mlops.errors import ConfigError, LineageError
+from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
 
 SECTIONS = ("analyse",)
@@ -66,13 +67,15 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
         inputs["map"] = reduce_run_id
     elif cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
         raise ConfigError("config key 'analyse.cluster_on' = \"map\" needs a reduce run: pass "
-                          "--map RUN (map= in Python), or cluster on \"latent\"")
+                          "--map RUN (map= in Python), or cluster_on = \"auto\" (a UMAP map "
+                          "made here)")
     dataset = _dataset(cfg, dataset_run_id)
     _check_columns(cfg, dataset.catalog)
     model = _reconstructing_model(cfg, infer)
     table = _reference(cfg, reference)
     spec = StageSpec("analyse", SECTIONS, inputs=inputs,
-                     fingerprint=sha256_file(reference) if reference else None)
+                     fingerprint=sha256_file(reference) if reference else None,
+                     name="analyse-" + "+".join(cfg.analyse.analyses))
 
     def body(run_id: str) -> dict[str, str]:
         return _analyse(cfg, infer_run_id, dataset_run_id, dataset, reduce_run_id, model,
@@ -80,7 +83,71 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
 
     result = run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
     publish_quality(result.run_id, infer_run_id)
+    result.summary = summary(result.run_id, cfg)  # printed under the run's headline
     return result
+
+
+SUMMARY_TOP = 5  # top outliers named in the summary
+
+
+@formatter("analyse")
+def _summary_lines(run) -> list[str]:
+    return summary(run.info.run_id, Config())
+
+
+def summary(run_id: str, cfg: Config) -> list[str]:
+    """What an analyse run found, in a few lines: its top outliers, clusters, crossmatch and
+    quality numbers, and where its outlier gallery is (a reused run says the same)."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from hyrax_mlops.analysis.clusters import SPACE_TAG
+    from hyrax_mlops.analysis.outliers import GALLERY, OUTLIERS_TABLE
+    from hyrax_mlops.redact import redact
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    run = mlflow.get_run(run_id)
+    m, params = run.data.metrics, run.data.params
+    lines = [f"{int(m.get('n_objects', 0))} objects analysed "
+             f"({', '.join(json.loads(params.get('analyse.analyses', '[]')))})"]
+    if "outliers.n_flagged" in m:
+        top = pd.read_parquet(fetch_artifacts(run_id, OUTLIERS_TABLE, cfg)).head(SUMMARY_TOP)
+        named = ", ".join(f"{oid} ({score:.3f})" for oid, score in
+                          zip(top["object_id"], top["outlier_score"], strict=True))
+        lines.append(f"outliers: {int(m['outliers.n_flagged'])} flagged (top "
+                     f"{params.get('analyse.top_fraction', '?')}); strongest: {named}")
+    if "clusters.n_clusters" in m:
+        silhouette = (f", silhouette {m['clusters.silhouette']:.3f}"
+                      if "clusters.silhouette" in m else "")
+        space = run.data.tags.get(SPACE_TAG, "")
+        lines.append(f"clusters: {int(m['clusters.n_clusters'])} clusters, "
+                     f"{m['clusters.noise_fraction']:.0%} noise{silhouette}"
+                     + (f" ({params.get('analyse.cluster_method', '').upper()} on {space})"
+                        if space else ""))
+    if "crossmatch.n_matched" in m:
+        lines.append(f"crossmatch: {int(m['crossmatch.n_matched'])} matched "
+                     f"({m.get('crossmatch.match_fraction', 0):.0%}) within "
+                     f"{params.get('analyse.match_radius_arcsec', '?')}\"")
+    if f"{QUALITY}n_labelled" in m:
+        label = params.get("analyse.label_column", "")
+        if f"{QUALITY}knn_purity" in m:
+            found = (f"kNN purity {m[QUALITY + 'knn_purity']:.3f} (chance "
+                     f"{m[QUALITY + 'knn_purity_chance']:.3f})")
+            if f"{QUALITY}silhouette" in m:
+                found += f", silhouette {m[QUALITY + 'silhouette']:.3f}"
+            if f"{QUALITY}map_knn_purity" in m:
+                found += f", on the map {m[QUALITY + 'map_knn_purity']:.3f}"
+        else:
+            found = "too few classes to score"
+        lines.append(f"quality against '{label}': {found}")
+    if GALLERY in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "plots")}:
+        path = fetch_artifacts(run_id, GALLERY, cfg)
+        lines.append(f"gallery of the top outliers: {GALLERY} of run {run_id}")
+        lines.append(f"  open {redact(str(path))}  (an image viewer, or the MLflow UI: the "
+                     "run's Artifacts tab)")
+    return lines
 
 
 def _dataset(cfg: Config, dataset_run_id: str):
@@ -238,6 +305,8 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
                 outputs[Path(path).with_suffix("").as_posix()] = path
             mlflow.log_metrics({**result.metrics,
                                 f"{name}_seconds": time.perf_counter() - start})
+            if result.tags:
+                mlflow.set_tags(result.tags)
             for column, values in result.columns.items():
                 ctx.columns[column] = values
             for note in result.notes:

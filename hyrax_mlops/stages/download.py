@@ -104,6 +104,15 @@ class _Reporter:
             mlflow.log_artifact(str(path), "download")
 
 
+def _log_failures_by_reason(manifest: dict) -> None:
+    """`n_failed.<reason>` metrics: what the stage's summary says failed, and why."""
+    import mlflow
+
+    by_reason = manifest.get("counts", {}).get("failed_by_reason") or {}
+    if by_reason:
+        mlflow.log_metrics({f"n_failed.{k}": int(v) for k, v in by_reason.items()})
+
+
 def _write_failures(manifest: dict, path: Path) -> None:
     with open(path, "w", newline="") as fh:
         out = csv.DictWriter(fh, ["object_id", "reason", "detail"], extrasaction="ignore")
@@ -122,6 +131,7 @@ def _body(cfg: Config, source):
         with tempfile.TemporaryDirectory(prefix="hyrax-download-") as tmp:
             out = Path(tmp) / "dataset"
             manifest = source(cfg.download, out, ctx)
+            _log_failures_by_reason(manifest)
             if ctx.info.get("credentials"):
                 mlflow.set_tag("hyrax.download.credentials", ctx.info["credentials"])
             reporter.mirror_journals()
@@ -156,8 +166,19 @@ def _spec_and_body(cfg: Config):
     catalog = catalog_fingerprint(cfg)
     if cfg.data.mode == "stream":  # the catalog and what to fetch; pixels come per batch
         fingerprint = "stream" + (f"+{catalog}" if catalog else "")
-        return StageSpec("download", SECTIONS, fingerprint=fingerprint), cfg, _stream_body(cfg)
-    return StageSpec("download", SECTIONS, fingerprint=catalog), cfg, _body(cfg, source)
+        return (StageSpec("download", SECTIONS, fingerprint=fingerprint,
+                          name=_run_name(cfg, "stream")), cfg, _stream_body(cfg))
+    return (StageSpec("download", SECTIONS, fingerprint=catalog, name=_run_name(cfg)), cfg,
+            _body(cfg, source))
+
+
+def _run_name(cfg: Config, mode: str = "") -> str:
+    """e.g. "download-xdf-n300", "download-hsc-catalog_name-stream"."""
+    from hyrax_mlops.tracking import name_hint
+
+    d = cfg.download
+    catalog = Path(d.catalog).stem[:20] if d.catalog else ""
+    return name_hint("download", d.source, catalog, f"n{d.limit}" if d.limit else "", mode)
 
 
 def resume(run_id: str) -> StageRun:

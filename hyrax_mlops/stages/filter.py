@@ -20,7 +20,8 @@ def run(cfg: Config, dataset_run_id: str, remove: Sequence[str], *, reason: str 
     """A copy of `dataset_run_id` without the objects in `remove`."""
     ids = sorted({str(i) for i in remove})
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-    spec = StageSpec("filter", (), inputs={"dataset": dataset_run_id}, fingerprint=digest)
+    spec = StageSpec("filter", (), inputs={"dataset": dataset_run_id}, fingerprint=digest,
+                     name=f"filter-minus{len(ids)}")
 
     def body(run_id: str) -> None:
         _filter(cfg, dataset_run_id, ids, reason)

@@ -30,7 +30,8 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
     dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
     name = collection_name(infer_run_id, cfg.index)
     spec = StageSpec("index", SECTIONS,
-                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id})
+                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id},
+                     name=f"index-{cfg.index.backend}-{cfg.index.metric}")
 
     def still_there(run) -> bool:
         """A reused index run is only good if its collection still holds every vector. A

@@ -47,12 +47,26 @@ def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | N
         dataset_run_id = input_run(get_run(source_run, "train"), "dataset")
     get_run(dataset_run_id, DATASET_STAGES)
     spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset_run_id, "model": source_run},
-                     fingerprint=info.model_id)
+                     fingerprint=info.model_id, name=_run_name(uri, source_run))
 
     def body(run_id: str) -> dict[str, str]:
         return _infer(cfg, uri, dataset_run_id)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
+
+
+def _run_name(uri: str, source_run: str) -> str:
+    """"infer-" and what made the model: the train run's name without "train-", or the
+    registered model ("infer-xdf-autoencoder-v1")."""
+    import mlflow
+
+    if uri.startswith("models:/"):
+        return "infer-" + uri[len("models:/"):].strip("/").replace("/", "-v", 1).replace("@", "-")
+    try:
+        made_by = mlflow.get_run(source_run).info.run_name or ""
+    except Exception:  # noqa: BLE001 - only a name
+        made_by = ""
+    return "infer-" + (made_by.split("-", 1)[1] if "-" in made_by else made_by or "model")
 
 
 def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:

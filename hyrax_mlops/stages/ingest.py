@@ -63,12 +63,18 @@ def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -
                              cfg.ingest.spectrum_column, catalog)
     if cutouts:
         key = f"{fingerprint(cutouts, catalog_path)}:{key}"
-    spec = StageSpec("ingest", SECTIONS, fingerprint=key)
+    name = "-".join(["ingest", *([cutouts.name[:24]] if cutouts else []),
+                     catalog_path.stem[:24]])
+    spec = StageSpec("ingest", SECTIONS, fingerprint=key, name=name)
 
     def body(run_id: str) -> None:
+        from hyrax_mlops.stages.download import _log_failures_by_reason
+
         with tempfile.TemporaryDirectory(prefix="hyrax-ingest-") as tmp:
             out = Path(tmp) / "dataset"
-            log_dataset(out, ingest_directory(cfg.ingest, cutouts, catalog_path, out, catalog)
+            manifest = (ingest_directory(cfg.ingest, cutouts, catalog_path, out, catalog)
                         if cutouts else ingest_catalog(cfg.ingest, catalog_path, out, catalog))
+            _log_failures_by_reason(manifest)
+            log_dataset(out, manifest)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)

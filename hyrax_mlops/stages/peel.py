@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.summaries import TAG_PEEL_ROUND
 from hyrax_mlops.tracking import StageRun, StageSpec, fetch_artifacts, get_run, input_run, run_stage
 
 ROUNDS = "peel/rounds.csv"
@@ -60,7 +61,8 @@ def run(cfg: Config, analyse_run_id: str, *, rounds: int = 1, remove_file: str |
         selection = _selection(path)
     fingerprint = f"rounds={rounds}:" + (sha256_file(path)[:16] if remove_file else "outliers")
     spec = StageSpec("peel", ("analyse", "data", "model", "train"),
-                     inputs={"analyse": analyse_run_id}, fingerprint=fingerprint)
+                     inputs={"analyse": analyse_run_id}, fingerprint=fingerprint,
+                     name=f"peel-{rounds}r-{'selection' if remove_file else 'outliers'}")
 
     def body(parent: str) -> dict[str, str]:
         return _peel(cfg, start, rounds, selection, parent)
@@ -84,7 +86,7 @@ def _peel(cfg: Config, start, rounds: int, selection: list[str] | None,
         else:
             remove, why = top_outliers(cfg, analyse_id), f"top outliers of analyse {analyse_id}"
         ds = filter.run(cfg, dataset_id, remove, reason=f"round {r}: {why}", parent_run_id=parent)
-        tr = train.run(cfg, ds.run_id, parent_run_id=parent)
+        tr = train.run(cfg, ds.run_id, parent_run_id=parent, name_suffix=f"peel{r}")
         inf = infer.run(cfg, train_run_id=tr.run_id, dataset_run_id=ds.run_id,
                         parent_run_id=parent)
         red = None
@@ -97,6 +99,8 @@ def _peel(cfg: Config, start, rounds: int, selection: list[str] | None,
                "val_loss": mlflow.get_run(tr.run_id).data.metrics.get("best_val_loss"),
                **{k: v for k, v in metrics.items() if k.startswith("quality.")}}
         table.append(row)
+        mlflow.set_tags({f"{TAG_PEEL_ROUND}{r}.{k}": str(row[k])
+                         for k in ("dataset", "train", "infer", "analyse", "removed")})
         mlflow.log_metrics({k: float(v) for k, v in row.items()
                             if k.startswith("quality.") or k in ("removed", "val_loss")
                             if v is not None}, step=r)

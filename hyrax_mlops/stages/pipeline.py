@@ -20,7 +20,13 @@ class PipelineResult:
         return self.stages[stage]
 
     def summary(self) -> str:
-        return "\n".join(str(s) for s in self.stages.values())
+        """One line per stage (ran/reused, run name and id), its summary beneath on one."""
+        lines = []
+        for step in self.stages.values():
+            lines.append(step.headline())
+            if step.summary:
+                lines.append("          " + "; ".join(step.summary))
+        return "\n".join(lines)
 
 
 def check(cfg: Config) -> None:
@@ -67,5 +73,7 @@ def run(cfg: Config, *, force: bool = False) -> PipelineResult:
             mlflow.set_tag(TAG_REUSED + name, str(step.reused).lower())
         mlflow.log_metric("stages_reused", sum(s.reused for s in steps.values()))
 
-    run_stage(StageSpec("pipeline", ALL_SECTIONS), cfg, body, force=True)
+    source = (cfg.download.source if cfg.pipeline.dataset == "download" else "ingest")
+    name = train.run_name(cfg).replace("train-", f"pipeline-{source}-", 1)
+    run_stage(StageSpec("pipeline", ALL_SECTIONS, name=name), cfg, body, force=True)
     return result

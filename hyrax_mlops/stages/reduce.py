@@ -29,8 +29,13 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
     dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
     catalog = _catalog(cfg, dataset_run_id)
     color, note = _color_by(cfg, catalog)
+    from hyrax_mlops.tracking import name_hint
+
+    name = name_hint("reduce", "+".join(cfg.reduce.methods), cfg=cfg,
+                     changed={"reduce.dims": "d", "reduce.umap_n_neighbors": "nn",
+                              "reduce.umap_metric": "", "reduce.seed": "s"})
     spec = StageSpec("reduce", SECTIONS,
-                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id})
+                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id}, name=name)
 
     def body(run_id: str) -> dict[str, str]:
         if note:

@@ -41,10 +41,24 @@ def check(cfg: Config, dataset_run_id: str) -> str | None:
     return labels
 
 
+def run_name(cfg: Config, suffix: str = "") -> str:
+    """e.g. "train-conv_autoencoder-ld16-e3", plus the train settings changed from the
+    defaults and a suffix ("peel1" for peel's retrain in round 1)."""
+    from hyrax_mlops.tracking import name_hint
+
+    model = cfg.model.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    latent = cfg.model.params().get("latent_dim")
+    return name_hint("train", model, f"ld{latent}" if latent else "", f"e{cfg.train.epochs}",
+                     cfg=cfg, changed={"train.lr": "lr", "data.batch_size": "bs",
+                                       "train.seed": "s", "train.backend": ""}) + (
+        f"-{suffix}" if suffix else "")
+
+
 def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
-        parent_run_id: str | None = None) -> StageRun:
+        parent_run_id: str | None = None, name_suffix: str = "") -> StageRun:
     labels = check(cfg, dataset_run_id)
-    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id}, fingerprint=labels)
+    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id}, fingerprint=labels,
+                     name=run_name(cfg, name_suffix))
     return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id, run_id), force=force,
                      parent_run_id=parent_run_id)
 
@@ -142,8 +156,18 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
                         "plots/reconstructions.png")
 
         model.cpu()
-        info = log_hyrax_model(model, cfg.model.name, params, provider.input_shape,
-                               provider.normalizer, Path(tmp), cfg.train.register_as)
+        # the model carries its best epoch's metrics (not the first's), best/test/final ones,
+        # and two real raw stamps as input example (which gives it its signature)
+        best = result.best_epoch if result.best_epoch >= 0 else len(result.history) - 1
+        last = result.history[-1] if result.history else None
+        info = log_hyrax_model(
+            model, cfg.model.name, params, provider.input_shape, provider.normalizer, Path(tmp),
+            cfg.train.register_as, step=max(best, 0),
+            example=(lambda: provider.data.images(provider.rows()[:2])) if provider.input_shape
+            else None,
+            link_prefixes=("best_", "test_", "epochs_run", "stopped_early"),
+            model_metrics={"final_train_loss": last.train_loss,
+                           "final_val_loss": last.val_loss} if last else None)
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     return {"model_uri": info.model_uri}
 
