@@ -22,8 +22,10 @@ _WARNINGS = (
     r"(?s).*Any type hint is inferred as AnyType",
     r"(?s).*Hint: Inferred schema contains integer column",
 )
-# INFO lines of a fresh SQLite store ("Creating initial MLflow database tables...")
-_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+# INFO lines of a fresh SQLite store ("Creating initial MLflow database tables...") and of
+# model logging ("Inferring model signature from input example")
+_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration", "mlflow.pyfunc",
+            "mlflow.models")
 
 
 def quiet_mlflow() -> None:

@@ -18,7 +18,8 @@ from hyrax_mlops.engine.loop import fit
 
 from conftest import DEMO_OVERRIDES, N_DEMO
 
-NOISE = ("Downloading artifacts", "Add type hints", "Inferred schema", "\x1b[")
+NOISE = ("Downloading artifacts", "Add type hints", "Inferred schema", "Inferring model signature",
+         "\x1b[")
 DEMO_SET = [a for k, v in DEMO_OVERRIDES.items()
             for a in ("--set", f"{k}={v}".replace("'", '"').replace(" ", ""))]
 
