@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hyrax_mlops.config import Config
+from hyrax_mlops.config import Config, with_overrides
 from hyrax_mlops.config import load_config as _load
 from hyrax_mlops.tracking import upstream
 
@@ -21,22 +21,8 @@ Overrides = Mapping[str, Any] | Iterable[str] | str | None
 def load_config(config: ConfigLike = None, overrides: Overrides = None) -> Config:
     """Defaults < file < overrides, validated: a bad key fails here, before any run."""
     if isinstance(config, Config):
-        if not overrides:
-            return config
-        config = _with_overrides(config, overrides)
-        return config
+        return with_overrides(config, overrides)
     return _load(config, overrides)
-
-
-def _with_overrides(cfg: Config, overrides: Overrides) -> Config:
-    import tomllib
-
-    from hyrax_mlops.config import _parse_overrides, _set_dotted, validate
-
-    data = tomllib.loads(cfg.to_toml())
-    for key, value in _parse_overrides(overrides).items():
-        _set_dotted(data, key, value)
-    return validate(data)
 
 
 def _dataset(cfg: Config, force: bool = False):

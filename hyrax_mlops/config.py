@@ -467,6 +467,17 @@ def load_config(
     return validate(data)
 
 
+def with_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str] | str | None
+                   ) -> Config:
+    """`cfg` with `overrides` applied, validated as a whole like a loaded config."""
+    if not overrides:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for key, value in _parse_overrides(overrides).items():
+        _set_dotted(data, key, value)
+    return validate(data)
+
+
 def validate(data: Mapping[str, Any]) -> Config:
     if not _SECTION_KEYS:
         _SECTION_KEYS.update(_section_keys())

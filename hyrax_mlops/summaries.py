@@ -26,21 +26,24 @@ def formatter(stage: str):
 
 def summarize(stage: str, run_id: str) -> list[str]:
     """The summary lines of a finished run (none for a stage without a formatter)."""
+    if stage not in FORMATTERS:  # a stage module may register its own: import it once
+        import importlib
+
+        try:
+            importlib.import_module(f"hyrax_mlops.stages.{stage}")
+        except ModuleNotFoundError:
+            return []
     fn = FORMATTERS.get(stage)
     if fn is None:
-        if stage == "analyse":  # its formatter lives with the stage
-            import importlib
-
-            importlib.import_module("hyrax_mlops.stages.analyse")
-            fn = FORMATTERS.get(stage)
-        if fn is None:
-            return []
+        return []
     try:
         import mlflow
 
         return [line for line in fn(mlflow.get_run(run_id)) if line]
-    except Exception:  # noqa: BLE001 - a summary is a courtesy: never fail a finished stage
-        return []
+    except Exception as exc:  # noqa: BLE001 - a summary is a courtesy: never fail a finished
+        from hyrax_mlops.redact import redact  # stage, but say why
+
+        return [redact(f"(no summary: {type(exc).__name__}: {exc})")[:300]]
 
 
 def num(value, digits: int = 4) -> str:

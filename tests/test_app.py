@@ -226,7 +226,7 @@ def test_hovering_and_clicking_a_point_shows_its_cutout_and_neighbours(page, app
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     card = page.locator(".hover-card")
-    for _ in range(5):  # the map may still be laying out (its colour bar moves the axes)
+    for _ in range(8):  # the map may still be laying out (its colour bar moves the axes)
         xy = page.evaluate("""() => {
             const g = document.querySelector('#explorer-graph .js-plotly-plot');
             const t = g._fullData[0], L = g._fullLayout;
@@ -237,11 +237,11 @@ def test_hovering_and_clicking_a_point_shows_its_cutout_and_neighbours(page, app
         page.mouse.move(xy["x"] - 30, xy["y"] - 30)
         page.mouse.move(xy["x"], xy["y"], steps=5)
         try:
-            card.wait_for(state="visible", timeout=2_500)
+            card.wait_for(state="visible", timeout=6_000)  # a loaded machine renders slowly
             break
         except PlaywrightTimeout:
             continue
-    card.wait_for(state="visible", timeout=1_000)
+    card.wait_for(state="visible", timeout=10_000)
     img = card.locator("img")
     assert img.get_attribute("alt") == xy["id"]
     hover_src = img.get_attribute("src")

@@ -62,9 +62,9 @@ def ray_space(space: dict[str, SearchParam]) -> dict[str, Any]:
 
 def trial_config(cfg: Config, sampled: dict[str, Any]) -> Config:
     """The sweep's config with one trial's values set (validated like any override)."""
-    from hyrax_mlops.api import load_config
+    from hyrax_mlops.config import with_overrides
 
-    return load_config(cfg, {k: (list(v) if isinstance(v, tuple) else v)
+    return with_overrides(cfg, {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in sampled.items()})
 
 

@@ -91,7 +91,7 @@ def _expected_shape(cfg: IngestConfig, paths: list[Path]) -> tuple[int, int, int
             break
         try:
             shapes[read_cutout(p, cfg.bands).shape] += 1
-        except Exception:
+        except Exception:  # only a vote on the shape: the row's own read records why it failed
             continue
     if not shapes:
         return (0, 0, 0)  # nothing readable: every row fails below, with its reason

@@ -249,15 +249,22 @@ def read_map(cfg: Config, reduce_run_id: str):
         raise LineageError(f"reduce run '{reduce_run_id}' made no 2D map (reduce.dims = "
                            f"{params.get('reduce.dims')}): use one made with reduce.dims "
                            "including 2.")
+    problems = []
     for method in methods:
         try:
             path = fetch_artifacts(reduce_run_id, f"reductions/{method}_2d.parquet", cfg)
-        except Exception:
+        except Exception as exc:  # this method's map is missing: try the next, say why at the end
+            problems.append(f"{method}: {type(exc).__name__}: {exc}")
             continue
         table = pd.read_parquet(path)
         return (table["object_id"].astype(str).to_numpy(), table[["x", "y"]].to_numpy(),
                 f"{method.upper()} 2D")
-    raise LineageError(f"reduce run '{reduce_run_id}' holds no reductions/*_2d.parquet.")
+    from hyrax_mlops.redact import redact
+
+    why = f" ({redact('; '.join(problems))[:500]})" if problems else ""
+    raise LineageError(f"reduce run '{reduce_run_id}' holds no readable reductions/*_2d.parquet"
+                       f"{why}. Fix: pass --map with a reduce run made with reduce.dims "
+                       "including 2, or re-run its reduce stage.")
 
 
 def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,

@@ -152,13 +152,9 @@ def catalog_fingerprint(cfg: Config) -> str | None:
     dataset is made of (a catalog edited in place makes a new download run)."""
     if cfg.download.source not in SURVEYS or not cfg.download.catalog:
         return None
-    import hashlib
+    from hyrax_mlops.data.dataset import sha256_file
 
-    digest = hashlib.sha256()
-    with open(Path(cfg.download.catalog).expanduser(), "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return f"catalog-sha256:{digest.hexdigest()}"
+    return f"catalog-sha256:{sha256_file(Path(cfg.download.catalog).expanduser())}"
 
 
 def _spec_and_body(cfg: Config):
