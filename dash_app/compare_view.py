@@ -48,21 +48,32 @@ def register(app, data: AppData) -> None:
         sel_ids = data.reduction(sel["run"]).ids[sel_rows] if len(sel_rows) else []
         ref_ids = (data.reduction(reference["run"]).ids[np.asarray(reference["rows"], int)]
                    if reference and reference.get("rows") else [])
+        # one run: its 2D maps side by side (the chosen one first), never one map alone
+        panels = ([(run, key) for run in runs[:MAX_RUNS]] if len(runs) > 1 else
+                  [(runs[0], k) for k in maps_2d(data.reduction(runs[0]).maps, key)])
         graphs = []
-        for run in runs[:MAX_RUNS]:
+        for run, map_key in panels:
             red = data.reduction(run)
-            if key not in red.maps:
-                graphs.append(html.Div(f"{run[:8]} has no {key} map"))
+            if map_key not in red.maps:
+                graphs.append(html.Div(f"{run[:8]} has no {map_key} map"))
                 continue
             fig, _ = figures.map_2d(
-                red.maps[key], red.catalog, None, figures.View(),
+                red.maps[map_key], red.catalog, None, figures.View(),
                 highlight=red.rows_of(sel_ids), reference=red.rows_of(ref_ids),
-                title=f"{key} of {run[:8]}", max_points=figures.MAX_POINTS)
+                title=f"{map_key} of {run[:8]}", max_points=figures.MAX_POINTS)
             fig.update_layout(height=460, dragmode="pan", showlegend=False)
             graphs.append(dcc.Graph(figure=fig, style={"flex": "1"},
-                                    id={"type": "compare-graph", "run": run}))
+                                    id={"type": "compare-graph", "run": run, "map": map_key}))
         info = (f"{plural(len(sel_ids), 'selected object')} (red rings) and "
                 f"{plural(len(ref_ids), 'reference object')} (stars) highlighted in each map.")
         if len(runs) == 1:
-            info += " Only one reduce run is chosen: pick a second to compare with."
+            info += (" One reduce run is chosen, so its 2D maps are shown side by side: pick a "
+                     "second run to compare latent spaces.")
         return graphs, info
+
+
+def maps_2d(maps: dict, first: str) -> list[str]:
+    """The 2D map names of one reduction, `first` first, at most MAX_RUNS of them."""
+    names = [first] if first in maps else []
+    names += sorted(k for k in maps if k.endswith("_2d") and k != first)
+    return names[:MAX_RUNS]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from hyrax_mlops.config import Config
 from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, use_store
 
 MAX_CACHED_RUNS = 6
+ANALYSES_RECHECK_S = 5.0
 
 
 @dataclass
@@ -56,6 +58,7 @@ class AppData:
         self._lock = threading.Lock()
         self._extra: dict[str, Reduction] = {}
         self.reduce_inputs: dict[str, str | None] = {}  # reduce run -> its embeddings run
+        self._analyses: dict[str, tuple[float, tuple[str, ...]]] = {}  # run -> (when, runs)
         use_store()
 
     # -- runs -----------------------------------------------------------------------------
@@ -99,10 +102,20 @@ class AppData:
         self._extra[reduction.run_id] = reduction
 
     def reduction(self, run_id: str) -> Reduction:
+        """A reduce run's maps, catalog and pixels, with the columns of the analyse runs of
+        its embeddings, re-merged when an analyse run has finished since (looked up at most
+        every ANALYSES_RECHECK_S seconds per run): no app restart to see new scores."""
         if run_id in self._extra:
             return self._extra[run_id]
+        from hyrax_mlops.search import analyse_run_ids
+
         with self._lock:
-            return _load_reduction(run_id, self.cfg.tracking.cache_dir)
+            base = _load_reduction(run_id, self.cfg.tracking.cache_dir)
+            checked, analyses = self._analyses.get(run_id, (-np.inf, ()))
+            if time.monotonic() - checked > ANALYSES_RECHECK_S:
+                analyses = analyse_run_ids(base.infer_run_id)
+                self._analyses[run_id] = (time.monotonic(), analyses)
+            return _with_analyses(run_id, analyses, self.cfg.tracking.cache_dir)
 
     def searcher(self, reduction: Reduction):
         """The vector index behind a reduction (newest index run of its embeddings), or None
@@ -140,7 +153,6 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
     from pathlib import Path
 
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.search import with_analysis_columns
 
     cfg = _cache_config(cache_dir)
     run = get_run(run_id, "reduce")
@@ -153,9 +165,21 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
         table["row"] = row_of.loc[table["object_id"].astype(str)].to_numpy()
         maps[path.stem] = table.drop(columns="object_id")
     infer_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
-    # outlier scores, clusters and matched reference labels of an analyse run: colour by them
-    catalog = with_analysis_columns(dataset.catalog, infer_run_id, cfg)
-    return Reduction(run_id, maps, catalog, dataset.images, infer_run_id=infer_run_id)
+    return Reduction(run_id, maps, dataset.catalog, dataset.images, infer_run_id=infer_run_id)
+
+
+@functools.lru_cache(maxsize=MAX_CACHED_RUNS)
+def _with_analyses(run_id: str, analyses: tuple[str, ...], cache_dir: str) -> Reduction:
+    """The reduction with the outlier scores, clusters and matched labels of these analyse
+    runs as catalog columns (to colour by them)."""
+    from hyrax_mlops.search import with_analysis_columns
+
+    base = _load_reduction(run_id, cache_dir)
+    if not analyses:
+        return base
+    catalog = with_analysis_columns(base.catalog, base.infer_run_id, _cache_config(cache_dir),
+                                    analyses)
+    return Reduction(run_id, base.maps, catalog, base.images, infer_run_id=base.infer_run_id)
 
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)

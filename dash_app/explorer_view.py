@@ -161,8 +161,10 @@ def register(app, data: AppData) -> None:
                   State("explorer-stretch", "value"))
     def hover(hover_data, run, stretch):
         point = (hover_data or {}).get("points", [{}])[0]
-        oid, bbox = point.get("customdata"), point.get("bbox")
-        if not run or not oid or not bbox:
+        oid = point.get("customdata")
+        # 3D points may come without a bounding box: the card then sits at the map's corner
+        bbox = point.get("bbox") or {"x0": 40, "x1": 40, "y0": 40, "y1": 40}
+        if not run or not oid:
             return False, no_update, no_update
         red = data.reduction(run)
         rows = red.rows_of([str(oid)])

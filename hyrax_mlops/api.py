@@ -131,6 +131,10 @@ def analyse(config: ConfigLike = None, overrides: Overrides = None, *,
 
     cfg = load_config(config, overrides)
     stage.check(cfg)  # before any upstream run is made
+    if embeddings is None:  # the label "quality" needs, in the dataset about to be made
+        from hyrax_mlops.stages._columns import expected_columns
+
+        stage.quality_label(cfg, expected_columns(cfg))
     infer_run = embeddings or _embeddings(cfg)
     if map is None and cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
         with upstream():

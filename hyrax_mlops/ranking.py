@@ -36,11 +36,12 @@ def _val_loss(model_run_id: str | None) -> float:
     return next((float(metrics[k]) for k in LOSSES if k in metrics), math.nan)
 
 
-def fallback_label(catalog: pd.DataFrame) -> str | None:
-    """The label column a catalog carries for judging latent spaces (the demo's), if any."""
+def fallback_label(columns: Iterable[str]) -> str | None:
+    """The label column a catalog (its `columns`) carries for judging latent spaces (the
+    demo's), if any."""
     from hyrax_mlops.sources.xdf import LABEL_COLUMN
 
-    return LABEL_COLUMN if LABEL_COLUMN in catalog.columns else None
+    return LABEL_COLUMN if LABEL_COLUMN in set(columns) else None
 
 
 def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[str, float]]:
@@ -56,7 +57,7 @@ def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[s
 
     cfg = Config()
     catalog = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
-    label = fallback_label(catalog)
+    label = fallback_label(catalog.columns)
     if label is None:
         return "", {}
     ids, vectors = read_embeddings(infer_run_id, cfg)

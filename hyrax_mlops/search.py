@@ -31,26 +31,33 @@ from hyrax_mlops.tracking import (
 MAX_ANALYSE_RUNS = 50  # the newest analyse runs of one infer run whose columns are merged
 
 
-def analysis_columns(embeddings_run_id: str | None, cfg: Config) -> pd.DataFrame | None:
-    """Every per-object column (outlier score, cluster, reference label, ...) that the
-    FINISHED analyse runs of these embeddings made, merged: one row per object_id, and for
-    each column the values of the newest run that made it. So a later run of one analysis
-    (quality only, say) keeps the outlier scores and clusters of an earlier one. None when no
-    analyse run made any."""
+def analyse_run_ids(embeddings_run_id: str | None) -> tuple[str, ...]:
+    """The FINISHED analyse runs of these embeddings, newest first (at most MAX_ANALYSE_RUNS):
+    what `analysis_columns` merges, and what a cached merge must be redone for."""
     from mlflow.tracking import MlflowClient
 
     if not embeddings_run_id:
-        return None
+        return ()
     exp = get_run(embeddings_run_id).info.experiment_id
     found = MlflowClient().search_runs(
         [exp], f"tags.`{TAG_STAGE}` = 'analyse' AND "
         f"tags.`{TAG_INPUT}embeddings` = '{embeddings_run_id}' AND "
         "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
         max_results=MAX_ANALYSE_RUNS)
+    return tuple(r.info.run_id for r in found)
+
+
+def analysis_columns(embeddings_run_id: str | None, cfg: Config,
+                     runs: tuple[str, ...] | None = None) -> pd.DataFrame | None:
+    """Every per-object column (outlier score, cluster, reference label, ...) that the
+    FINISHED analyse runs of these embeddings made (`runs`, newest first; default
+    `analyse_run_ids`), merged: one row per object_id, and for each column the values of the
+    newest run that made it. So a later run of one analysis (quality only, say) keeps the
+    outlier scores and clusters of an earlier one. None when no analyse run made any."""
     merged: pd.DataFrame | None = None
-    for run in found:  # newest first: a column already taken is not overwritten
-        try:
-            path = fetch_artifacts(run.info.run_id, "analysis/columns.parquet", cfg)
+    for run_id in analyse_run_ids(embeddings_run_id) if runs is None else runs:
+        try:  # newest first: a column already taken is not overwritten
+            path = fetch_artifacts(run_id, "analysis/columns.parquet", cfg)
         except Exception:  # an analyse run without per-object columns
             continue
         table = pd.read_parquet(path)
@@ -66,10 +73,10 @@ def analysis_columns(embeddings_run_id: str | None, cfg: Config) -> pd.DataFrame
 
 
 def with_analysis_columns(catalog: pd.DataFrame, embeddings_run_id: str | None,
-                          cfg: Config) -> pd.DataFrame:
+                          cfg: Config, runs: tuple[str, ...] | None = None) -> pd.DataFrame:
     """`catalog` plus the per-object columns of the analyse runs of these embeddings
     (`analysis_columns`: newest value per column), when there are some."""
-    extra = analysis_columns(embeddings_run_id, cfg)
+    extra = analysis_columns(embeddings_run_id, cfg, runs)
     if extra is None:
         return catalog
     return catalog.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))

@@ -225,12 +225,18 @@ def test_latent_quality_against_measured_morphology(demo_sandbox, tmp_path, caps
 # --------------------------------------------------------------------------- clusters
 
 
-def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys):
+def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys, monkeypatch):
     """The default `analyse` on the demo finds clusters (a UMAP map of the latent space, where
     HDBSCAN on the raw latent space called every object noise), says so with its top outliers
-    and where the gallery is; a later quality-only run keeps those columns in search results."""
+    and where the gallery is; a later quality-only run keeps those columns in search results
+    and in a running app's colour-by columns, without a restart."""
+    import dash_app.data
+
     result, cfg = demo_sandbox
     infer = result["infer"].run_id
+    monkeypatch.setattr(dash_app.data, "ANALYSES_RECHECK_S", 0.0)  # the app looks every time
+    app = dash_app.data.AppData(cfg)  # an app already open on the demo's map
+    assert "outlier_score" not in app.reduction(result["reduce"].run_id).catalog
     experiment = ["--set", f"tracking.experiment={cfg.tracking.experiment}"]
     capsys.readouterr()
     assert main(["analyse", "--embeddings", infer, *experiment]) == 0
@@ -250,13 +256,16 @@ def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys):
     assert (top["object_id"], f"{top['outlier_score']:.3f}") == (strongest[1], strongest[2])
 
     # a later run of one analysis adds its columns; the earlier ones stay in search results
-    later = hm.analyse(cfg, {"analyse.analyses": ["quality"], "analyse.label_column": "colour"},
+    later = hm.analyse(cfg, {"analyse.analyses": ["quality"]},  # the demo's colour label
                        embeddings=infer)
     assert re.search(r"\n  quality against 'colour': kNN purity 0\.\d{3} \(chance 0\.\d{3}\)",
                      str(later))
     hits = hm.search_by_id(result["index"].run_id, "XDF00001", 5, cfg)
     assert {"outlier_score", "cluster", "is_outlier", "label_purity"} <= set(hits.columns)
     assert hits[["outlier_score", "cluster", "label_purity"]].notna().all().all()
+    shown = app.reduction(result["reduce"].run_id).catalog.set_index("object_id")
+    assert {"outlier_score", "cluster", "label_purity"} <= set(shown.columns)
+    assert shown.loc[strongest[1], "outlier_score"] == pytest.approx(float(strongest[2]), abs=5e-4)
 
     # given a map (as the pipeline gives its own), "auto" clusters that map
     from sklearn.cluster import HDBSCAN

@@ -220,8 +220,25 @@ def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo
     page.screenshot(path=str(SHOTS / "compare-highlight.png"), full_page=True)
 
 
-def test_hovering_and_clicking_a_point_shows_its_cutout_and_neighbours(page, app_url):
-    open_explorer(page, app_url)
+def test_first_hour_walk_numbers_hover_cutout_neighbours_and_compare(page, app_url, demo_store):
+    """The README's first hour after `make demo` and `make app`, as a user sees it: the Runs
+    grid shows the train run's numbers, hovering a point on the map shows its cutout, clicking
+    it marks its neighbours on the map, and Compare opens on two different, drawn maps."""
+    import mlflow
+
+    result, _ = demo_store
+    train_id = result["train"].run_id
+    page.goto(app_url)  # the app opens on Runs
+    cell = page.locator(f"#runs-grid .ag-center-cols-container .ag-row[row-id='{train_id}'] "
+                        "[col-id='metrics.best_val_loss']")
+    cell.wait_for()
+    best = mlflow.get_run(train_id).data.metrics["best_val_loss"]
+    assert float(cell.inner_text()) == pytest.approx(best, abs=1e-3)
+
+    page.get_by_text("Explorer", exact=True).click()
+    plot_ready(page, "explorer-graph")
+    page.wait_for_function("() => document.querySelector('#explorer-info').innerText"
+                           ".includes('objects in view')")
     # hover: a card with the object's cutout and its non-empty columns
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -263,6 +280,21 @@ def test_hovering_and_clicking_a_point_shows_its_cutout_and_neighbours(page, app
                            "._fullData.find(t => t.name === 'neighbours').customdata")
     assert set(marked) == set(page.locator(".neighbour-tile").evaluate_all(
         "ts => ts.map(t => t.getAttribute('data-object-id'))"))
+
+    # Compare: one reduce run in the demo, so its UMAP and PCA maps side by side, both drawn
+    page.get_by_text("Compare", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#compare-graphs .js-plotly-plot')"
+                           ".length === 2")
+    page.wait_for_function("() => [...document.querySelectorAll('#compare-graphs "
+                           ".js-plotly-plot')].every(g => g._fullData && g._fullData.length)")
+    panels = page.evaluate("""() => [...document.querySelectorAll(
+        '#compare-graphs .js-plotly-plot')].map(g => ({title: g._fullLayout.title.text,
+        points: g._fullData.reduce((n, t) => n + (t.x || []).length, 0)}))""")
+    titles = [p["title"] for p in panels]
+    assert len(set(titles)) == 2 and titles[0].startswith("umap_2d"), titles
+    assert all(p["points"] >= 300 for p in panels), panels  # every object, in each map
+    assert "2D maps are shown side by side" in page.inner_text("#compare-info")
+    shot(page, "compare-first-hour.png")
 
 
 def test_3d_map_and_compare_view(page, app_url):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ import hyrax_mlops as hm
 from hyrax_mlops.cli import main
 from hyrax_mlops.config import load_config
 from hyrax_mlops.errors import ConfigError
+
+MULTIMODAL = Path(__file__).parent / "data" / "multimodal"
 
 
 def test_defaults_validate_and_overrides_apply_from_every_form(tmp_path):
@@ -75,7 +78,10 @@ def test_model_arguments_are_checked_against_the_model_signature():
     (["analyse", "--set", "analyse.analyses=[outliers,clustres]"],
      "no analysis named 'clustres'. Did you mean 'clusters'? Registered: clusters, crossmatch, "
      "outliers, quality"),
-    (["analyse", "--set", "analyse.analyses=[quality]"], "analyse.label_column' is required"),
+    # a catalog-only dataset of the user's own, with no label column quality could fall back on
+    (["analyse", "--set", "analyse.analyses=[quality]", "--set", "pipeline.dataset=ingest",
+      "--set", f"ingest.catalog={MULTIMODAL / 'objects.csv'}"],
+     "analyse.label_column' is required"),
     (["analyse", "--set", "analyse.analyses=[crossmatch]"], "analyse.reference' is required"),
     (["analyse", "--set", "analyse.analyses=[quality]", "--set", "analyse.label_column=ref_label"],
      "list \"crossmatch\" before \"quality\""),

@@ -80,8 +80,12 @@ CASES = [
     ("unknown_table", ["--set", "trian.epochs=5"], "train"),
     ("unknown_key", ["--set", "train.epoch=5"], "train.epochs"),
     ("not_key_value", ["--set", "train.epochs"], "KEY=VALUE"),
+    # the user's own catalog-only data: no label quality could fall back on (the demo has one)
     ("quality_without_label", ["--set", "pipeline.analyse=true",
-                               "--set", "analyse.analyses=[quality]"], "analyse.label_column"),
+                               "--set", "analyse.analyses=[quality]",
+                               "--set", "pipeline.dataset=ingest", "--set",
+                               f"ingest.catalog={Path(__file__).parent}/data/multimodal/objects.csv"],
+     "analyse.label_column"),
     ("crossmatch_without_reference", ["--set", "pipeline.analyse=true",
                                       "--set", "analyse.analyses=[crossmatch]"],
      "analyse.reference"),

@@ -161,3 +161,21 @@ def test_crossmatch_works_on_positions_taken_from_the_wcs(own_pipeline):
     assert expected >= 22
     assert metrics["crossmatch.n_matched"] == expected
     assert metrics["crossmatch.median_separation_arcsec"] < 0.1
+
+
+def test_quality_without_a_label_column_is_refused_before_any_run(own_pipeline):
+    """The demo's `colour` is quality's label when none is set; a user's own catalog has no
+    such label, so "quality" without analyse.label_column stops with the fix, before a run."""
+    from hyrax_mlops.errors import ConfigError
+
+    root, _, _, _ = own_pipeline
+    with in_store(root):
+        before = len(_runs("analyse")), len(_runs("pipeline"))
+        with pytest.raises(ConfigError, match=r"'analyse.label_column' is required.*Fix: --set"):
+            hm.analyse(root / "my.toml", {"analyse.analyses": ["quality"],
+                                          "tracking.experiment": "own-cutouts"},
+                       embeddings=_runs("infer").iloc[0].run_id)
+        with pytest.raises(ConfigError, match=r"'analyse.label_column' is required"):
+            hm.pipeline(root / "my.toml", {"pipeline.analyse": True,
+                                           "analyse.analyses": ["outliers", "quality"]})
+        assert (len(_runs("analyse")), len(_runs("pipeline"))) == before

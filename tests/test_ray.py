@@ -122,6 +122,13 @@ def test_a_seeded_optuna_sweep_with_asha_nests_every_trial(ray_cluster, demo_sto
 
     best = load_bundle(parent.data.tags["hyrax.model_uri"])
     assert best.spec["params"]["widths"] == [16, 16, 16]
+    # the best trial's model shows what it takes, and the sweep's figures, in the MLflow UI
+    info = mlflow.models.get_model_info(parent.data.tags["hyrax.model_uri"])
+    shape = info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]
+    assert list(shape) == [-1, 3, 64, 64] and info.saved_input_example_info is not None
+    on_model = {m.key: m.value for m in mlflow.get_logged_model(info.model_id).metrics}
+    assert on_model["n_trials"] == 4
+    assert on_model["best_val_loss"] == pytest.approx(parent.data.metrics["best_val_loss"])
 
 
 def test_ray_data_inference_writes_the_same_embeddings(ray_cluster, demo_store):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
-from hyrax_mlops.config import Config, require_path
+from hyrax_mlops.config import Config, require_path, with_overrides
 from hyrax_mlops.errors import ConfigError, LineageError
 from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
@@ -36,10 +36,6 @@ def check(cfg: Config) -> Path | None:
             ANALYSES.get(name)
         except KeyError as exc:
             raise ConfigError(f"config key 'analyse.analyses': {exc}") from None
-    if "quality" in a.analyses and not a.label_column:
-        raise ConfigError("config key 'analyse.label_column' is required for the \"quality\" "
-                          "analysis. Fix: --set analyse.label_column=COLUMN (a catalog column, "
-                          "or ref_label from a crossmatch)")
     if "quality" in a.analyses and a.label_column == CROSSMATCH_LABEL:
         before = a.analyses[:a.analyses.index("quality")]
         if "crossmatch" not in before or not a.reference_label:
@@ -49,6 +45,23 @@ def check(cfg: Config) -> Path | None:
     if "crossmatch" in a.analyses:
         return require_path(cfg, "analyse.reference", "file")
     return None
+
+
+def quality_label(cfg: Config, columns) -> Config:
+    """`analyse.label_column` for "quality": as set, or (when empty) the label column the
+    dataset carries for judging latent spaces (the demo's `colour`), as `compare` does; a
+    ConfigError when there is neither. `columns`: the catalog's columns (None: not known)."""
+    from hyrax_mlops.ranking import fallback_label
+
+    a = cfg.analyse
+    if "quality" not in a.analyses or a.label_column or columns is None:
+        return cfg
+    label = fallback_label(columns)
+    if label is None:
+        raise ConfigError("config key 'analyse.label_column' is required for the \"quality\" "
+                          "analysis. Fix: --set analyse.label_column=COLUMN (a catalog column, "
+                          "or ref_label from a crossmatch)")
+    return with_overrides(cfg, {"analyse.label_column": label})
 
 
 def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
@@ -70,6 +83,7 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
                           "--map RUN (map= in Python), or cluster_on = \"auto\" (a UMAP map "
                           "made here)")
     dataset = _dataset(cfg, dataset_run_id)
+    cfg = quality_label(cfg, dataset.catalog.columns)
     _check_columns(cfg, dataset.catalog)
     model = _reconstructing_model(cfg, infer)
     table = _reference(cfg, reference)

@@ -41,9 +41,11 @@ def check(cfg: Config) -> None:
     train.check_config(cfg)
     index.backend(cfg)
     reduce.check(cfg)
+    columns = expected_columns(cfg)
     if cfg.pipeline.analyse:
         analyse.check(cfg)
-    check_columns(cfg, expected_columns(cfg))
+        analyse.quality_label(cfg, columns)
+    check_columns(cfg, columns)
 
 
 def run(cfg: Config, *, force: bool = False) -> PipelineResult:

@@ -115,7 +115,10 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
         info = log_hyrax_model(model, best_cfg.model.name,
                                model_params(best_cfg.model, provider.data_info()),
                                provider.input_shape, provider.normalizer, Path(tmp),
-                               cfg.tune.register_as)
+                               cfg.tune.register_as,
+                               example=(lambda: provider.data.images(provider.rows()[:2]))
+                               if provider.input_shape else None,
+                               link_prefixes=("best_", "n_"))
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     mlflow.set_tag("hyrax.best_trial", json.dumps(best.config, default=str))
     return {"model_uri": info.model_uri}
