@@ -39,7 +39,7 @@ test: setup browser
 
 # Every benchmark, each beside its plain reference; SIZE=large for the survey-scale rows.
 SIZE ?= small
-BENCHES := data train infer index reduce pipeline ray_train app_map download
+BENCHES := data train infer index reduce pipeline ray_train app_map download discovery
 bench: setup
 	@for b in $(BENCHES); do echo "[make] benchmark $$b ($(SIZE))"; \
 	  $(PY) benchmarks/bench_$$b.py --size $(SIZE) || exit 1; done

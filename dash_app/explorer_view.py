@@ -17,7 +17,7 @@ from dash_app.runs_view import NUMBER
 TABLE_ROWS = 1000  # the browser gets at most this many selected rows; export has them all
 N_THUMBS = 6
 MAX_QUERIES = 50  # "search from these" queries with at most this many selected objects
-HOVER = ["flux", "r_half", "ra", "dec"]
+HOVER = ["flux", "r_half", "ra", "dec", "outlier_score", "outlier_why"]  # when there
 
 
 def layout(data: AppData) -> html.Div:

@@ -324,7 +324,8 @@ class AnalyseConfig(_Section):
     analyses: list[str] = ["outliers", "clusters"]
     seed: int = 42
     # outliers
-    outlier_methods: list[Literal["auto", "knn", "lof", "iforest", "recon"]] = ["auto"]
+    outlier_methods: list[Literal["auto", "knn", "lof", "iforest", "recon", "residual",
+                                  "pixels"]] = ["auto"]
     outlier_k: int = Field(10, ge=1)
     top_fraction: float = Field(0.05, gt=0, le=1)
     gallery: int = Field(25, ge=0)

@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -83,3 +84,20 @@ def demo_sandbox(demo, demo_dir, tmp_path):
     shutil.copy(demo_dir / "mlflow.db", tmp_path / "mlflow.db")
     with in_store(tmp_path):
         yield demo
+
+
+def real_xdf_stamps(n: int) -> np.ndarray:
+    """`n` real XDF stamps (n, 3, 64, 64), 8-bit display values in FITS row order, detected
+    and cut as the xdf source does, spread from the brightest to the faintest."""
+    from hyrax_mlops.sources.xdf import detect, load_xdf_image
+
+    rgb, _ = load_xdf_image()
+    m = detect(rgb, 3.0, 8)
+    h, w, _ = rgb.shape
+    out = []
+    for k in np.argsort(-m["flux"]):
+        x, y = int(round(m["x"][k])), int(round(m["y"][k]))
+        if 32 <= x <= w - 32 and 32 <= y <= h - 32:
+            out.append(rgb[y - 32:y + 32, x - 32:x + 32].transpose(2, 0, 1)[:, ::-1, :])
+    pick = np.linspace(0, len(out) - 1, n).astype(int)
+    return np.stack([out[i] for i in pick]).astype(np.float32)

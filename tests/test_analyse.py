@@ -95,9 +95,10 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
         cfg = load_config(None, {
             **SMALL_MODEL, "pipeline.dataset": "ingest", "ingest.cutouts_dir": "cutouts",
             "ingest.catalog": "catalog.csv", "train.epochs": 20, "train.lr": 0.005,
-            "analyse.analyses": ["outliers"]})  # default methods: "auto" -> "recon" here
+            "analyse.analyses": ["outliers"]})  # default methods: "auto" -> "residual" here
         run = hm.analyse(cfg)  # ingest -> train -> infer -> analyse, as a user would
-        assert mlflow.get_run(run.run_id).data.params["analyse.outlier_methods"] == '["recon"]'
+        assert mlflow.get_run(run.run_id).data.params["analyse.outlier_methods"] == \
+            '["residual"]'
         analysed = mlflow.get_run(run.run_id)
         infer_run = analysed.data.tags["hyrax.input.embeddings"]
         assert mlflow.get_run(infer_run).data.tags["hyrax.stage"] == "infer"
@@ -107,6 +108,7 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
         latent = artifact_table(latent_run.run_id, "analysis/outliers.parquet", cfg)
         columns = artifact_table(run.run_id, "analysis/columns.parquet", cfg)
         gallery = {f.path for f in mlflow.MlflowClient().list_artifacts(run.run_id, "plots")}
+        statistics = artifact_table(run.run_id, "analysis/stamp_statistics.parquet", cfg)
 
     def found(t: pd.DataFrame) -> np.ndarray:
         return t.set_index("object_id").loc[injected, "rank"].to_numpy() <= top
@@ -119,7 +121,7 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
     print(f"\ninjected artefacts in the top 5%: default pipeline {in_top5.mean():.2f}, "
           f"PCA reference {(score[rows] >= np.sort(score)[-top5]).mean():.2f}")
     print(f"\ninjected artefacts in the top 10% ({len(rows)} of {len(cubes)} objects): "
-          f"pipeline (reconstruction error) {pipeline.mean():.2f}, latent kNN/LOF/iforest "
+          f"pipeline (residual statistics) {pipeline.mean():.2f}, latent kNN/LOF/iforest "
           f"{latent_only.mean():.2f}, PCA of raw pixels + kNN {reference.mean():.2f}")
     for kind in ("dead_band", "trail", "cosmic_rays"):
         print(f"  {kind:<12} pipeline {pipeline[kinds == kind].mean():.2f}  latent "
@@ -133,6 +135,17 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
     assert "plots/outlier_gallery.png" in gallery
     assert set(columns["object_id"]) == set(catalog["object_id"])
     assert {"outlier_score", "outlier_rank", "reconstruction_error"} <= set(columns)
+    # each outlier says which statistic ranked it: the injected ones, what was injected
+    why = table.set_index("object_id").loc[injected, "explained_by"]
+    assert why.str.startswith("residual: ").all()
+    for kind, expected in (("dead_band", ("residual_energy", "residual_line", "flat_run")),
+                           ("trail", ("residual_line", "fine_segment", "residual_energy")),
+                           ("cosmic_rays", ("sharp_pixel",))):
+        named = why[kinds == kind].str.split(": ").str[-1]
+        assert named.str.startswith(expected).mean() >= 0.6, (kind, list(named))
+    assert set(statistics["object_id"]) == set(catalog["object_id"])
+    assert {"sharp_pixel", "residual_line", "flat_run_one_band",
+            "reconstruction_error"} <= set(statistics.columns)
 
 
 def test_outlier_scores_match_direct_sklearn_calls():
@@ -262,6 +275,7 @@ def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys, monkeypatch)
                      str(later))
     hits = hm.search_by_id(result["index"].run_id, "XDF00001", 5, cfg)
     assert {"outlier_score", "cluster", "is_outlier", "label_purity"} <= set(hits.columns)
+    assert hits["outlier_why"].str.startswith("residual: ").all()  # which statistic ranked it
     assert hits[["outlier_score", "cluster", "label_purity"]].notna().all().all()
     shown = app.reduction(result["reduce"].run_id).catalog.set_index("object_id")
     assert {"outlier_score", "cluster", "label_purity"} <= set(shown.columns)

@@ -61,6 +61,24 @@ def test_self_supervised_models_learn_on_xdf_stamps(model, backbone, demo_store)
     emb = hm.infer(cfg, train_run=run.run_id)
     ids, vectors = read_embeddings(emb.run_id, cfg)
     assert vectors.shape == (300, 64) and np.isfinite(vectors).all()  # width 8 x 8: last stage
+    if model == "simclr":  # no reconstruction: "residual" refused before a run, "pixels" scores
+        from hyrax_mlops.errors import ConfigError
+        from hyrax_mlops.tracking import fetch_artifacts
+
+        outliers = {"analyse.analyses": ["outliers"]}
+        before = len(mlflow.search_runs(search_all_experiments=True))
+        with pytest.raises(ConfigError, match=r'"residual" needs a model with a reconstruct'):
+            hm.analyse(cfg, {**outliers, "analyse.outlier_methods": ["residual"]},
+                       embeddings=emb.run_id)
+        assert len(mlflow.search_runs(search_all_experiments=True)) == before
+        scored = hm.analyse(cfg, {**outliers, "analyse.outlier_methods": ["pixels", "knn"]},
+                            embeddings=emb.run_id)
+        table = pd.read_parquet(fetch_artifacts(scored.run_id, "analysis/outliers.parquet", cfg))
+        assert len(table) == 300 and table["pixels_statistic"].notna().all()
+        assert set(table["explained_by"].str.split(":").str[0]) <= {"pixels", "knn"}
+        stats = pd.read_parquet(fetch_artifacts(scored.run_id,
+                                                "analysis/stamp_statistics.parquet", cfg))
+        assert "sharp_pixel" in stats and not any(c.startswith("residual") for c in stats)
 
 
 def test_byol_target_follows_the_online_network():

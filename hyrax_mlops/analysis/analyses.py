@@ -30,6 +30,8 @@ class AnalysisContext:
     images: Callable[[np.ndarray], np.ndarray] | None = None  # rows -> cutouts; None: no pixels
     columns: pd.DataFrame = field(default_factory=pd.DataFrame)  # per-object columns so far
     reference: pd.DataFrame | None = None  # the crossmatch reference catalog, once read
+    statistics: pd.DataFrame | None = None  # per-object stamp statistics, same order as ids
+    residuals: Callable[[np.ndarray], np.ndarray] | None = None  # rows -> residual cubes
 
     def __post_init__(self) -> None:
         if self.columns.empty:

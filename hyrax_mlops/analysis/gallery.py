@@ -15,18 +15,28 @@ from hyrax_mlops.data.display import stretch  # noqa: E402
 
 
 def cutout_grid(cubes: np.ndarray, titles: Sequence[str], suptitle: str = "",
-                ncols: int = 5):
-    """Figure of (n, bands, h, w) cutouts, asinh-stretched, `titles[i]` under cutout i."""
+                ncols: int = 5, residuals: np.ndarray | None = None):
+    """Figure of (n, bands, h, w) cutouts, asinh-stretched, `titles[i]` over cutout i; with
+    `residuals` (n, bands, h, w), each cutout's |residual| summed over bands under it (dark:
+    nothing left over; bright: where the model could not reproduce the stamp)."""
     n = len(cubes)
     ncols = max(1, min(ncols, n))
+    per = 2 if residuals is not None else 1  # rows of axes per row of objects
     nrows = max(1, math.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.0 * ncols, 2.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows * per, ncols, figsize=(2.0 * ncols, (2.3 if per == 1 else
+                             4.2) * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, cube, title in zip(axes.ravel(), cubes, titles, strict=False):
+    for i, (cube, title) in enumerate(zip(cubes, titles, strict=False)):
+        ax = axes[(i // ncols) * per, i % ncols]
         ax.imshow(stretch(cube), interpolation="nearest")
-        ax.set_title(title, fontsize=7)
+        ax.set_title(title, fontsize=6)
+        if residuals is not None:
+            mag = np.abs(np.asarray(residuals[i], dtype=np.float64)).sum(axis=0)
+            axes[(i // ncols) * per + 1, i % ncols].imshow(
+                mag, cmap="magma", interpolation="nearest",
+                vmin=0, vmax=float(np.percentile(mag, 99.5)) or 1.0)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
     return fig

@@ -1,6 +1,11 @@
 """Outlier scores of the latent space: kNN distance, local outlier factor, isolation forest;
-and, for models that reconstruct their input, the reconstruction error ("recon"), which the
-`analyse` stage computes and hands over as the per-object column `reconstruction_error`.
+for models that reconstruct their input, the reconstruction error ("recon") and the most
+significant of the stamp statistics of the pixels and the residual ("residual", see
+`stamp_statistics`); without a model, those of the pixels alone ("pixels"). The `analyse`
+stage measures the statistics in one pass over the pixels and hands them over.
+
+Every object's `explained_by` names the method that ranked it highest and, for "residual"
+and "pixels", the statistic: "residual: sharp_pixel_one_band" (a sharp pixel in one band).
 
 Each score is turned into its rank, normalised to [0, 1] (1 = the most outlying object), so
 scores on different scales can be averaged: `outlier_score` is the mean of the methods'
@@ -50,6 +55,7 @@ METHODS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
     "knn": knn_distance, "lof": lof, "iforest": iforest,
 }
 PRECOMPUTED = {"recon": "reconstruction_error"}  # method -> the per-object column it reads
+STATISTIC_METHODS = ("residual", "pixels")  # scored from the stamp statistics
 
 
 def rank_normalise(score: np.ndarray) -> np.ndarray:
@@ -64,22 +70,46 @@ def rank_normalise(score: np.ndarray) -> np.ndarray:
 
 
 def outlier_table(ids: np.ndarray, x: np.ndarray, methods: list[str], k: int, seed: int,
-                  top_fraction: float, given: dict[str, np.ndarray] | None = None
-                  ) -> pd.DataFrame:
-    """object_id, <method>_score and <method>_rank per method, outlier_score, rank, is_outlier;
-    sorted by rank. `given` holds scores computed elsewhere, by method name."""
+                  top_fraction: float, given: dict[str, np.ndarray] | None = None,
+                  statistic: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """object_id, <method>_score and <method>_rank per method, outlier_score, rank, is_outlier,
+    explained_by; sorted by rank. `given` holds scores computed elsewhere, by method name;
+    `statistic`, for those methods, the statistic behind each object's score."""
     table = pd.DataFrame({"object_id": ids})
     for name in methods:
         score = given[name] if given and name in given else METHODS[name](x, k, seed)
         table[f"{name}_score"] = score
         table[f"{name}_rank"] = rank_normalise(score)
-    table["outlier_score"] = table[[f"{m}_rank" for m in methods]].mean(axis=1)
+        if statistic and name in statistic:
+            table[f"{name}_statistic"] = statistic[name]
+    ranks = table[[f"{m}_rank" for m in methods]]
+    table["outlier_score"] = ranks.mean(axis=1)
+    best = np.asarray(methods, dtype=object)[ranks.to_numpy().argmax(axis=1)]
+    table["explained_by"] = [f"{m}: {table.at[i, f'{m}_statistic']}"
+                             if f"{m}_statistic" in table else m for i, m in enumerate(best)]
     order = np.argsort(-table["outlier_score"].to_numpy(), kind="stable")
     rank = np.empty(len(table), dtype=np.int64)
     rank[order] = np.arange(1, len(table) + 1)
     table["rank"] = rank
     table["is_outlier"] = rank <= math.ceil(top_fraction * len(table))
     return table.sort_values("rank").reset_index(drop=True)
+
+
+def statistics_score(ctx: AnalysisContext, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(score, statistic) of "residual" (every stamp statistic) or "pixels" (those of the
+    pixels alone): the most significant statistic of each object (`significance`)."""
+    from hyrax_mlops.analysis.stamp_statistics import NAMES_RESIDUAL, significance
+
+    stats = ctx.statistics
+    if stats is None or (method == "residual" and not any(
+            c.startswith(NAMES_RESIDUAL) for c in stats.columns)):
+        need = ("a model with a reconstruct() method" if method == "residual"
+                else "the dataset's pixels")
+        raise ConfigError(f"config key 'analyse.outlier_methods': \"{method}\" needs {need}. "
+                          f"Fix: drop \"{method}\" from analyse.outlier_methods")
+    keep = [c for c in stats.columns if c != "reconstruction_error"
+            and (method == "residual" or not c.startswith(NAMES_RESIDUAL))]
+    return significance({c: stats[c].to_numpy(dtype=float) for c in keep})
 
 
 @ANALYSES.register("outliers")
@@ -95,15 +125,20 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
                 raise ConfigError(f"config key 'analyse.outlier_methods': \"{method}\" needs "
                                   f"the per-object column '{column}', which nothing made")
             given[method] = values.to_numpy(dtype=float)
+    statistic = {}
+    for method in STATISTIC_METHODS:
+        if method in cfg.outlier_methods:
+            given[method], statistic[method] = statistics_score(ctx, method)
     table = outlier_table(ctx.ids, ctx.vectors, cfg.outlier_methods, cfg.outlier_k, cfg.seed,
-                          cfg.top_fraction, given)
+                          cfg.top_fraction, given, statistic)
     by_id = table.set_index("object_id").loc[ctx.ids]
     result = AnalysisResult(
         tables={OUTLIERS_TABLE: table},
         metrics={"outliers.n_flagged": int(table["is_outlier"].sum())},
         columns={"outlier_score": by_id["outlier_score"].to_numpy(),
                  "outlier_rank": by_id["rank"].to_numpy(),
-                 "is_outlier": by_id["is_outlier"].to_numpy()},
+                 "is_outlier": by_id["is_outlier"].to_numpy(),
+                 "outlier_why": by_id["explained_by"].to_numpy()},
     )
     if cfg.gallery and ctx.images is not None:
         from hyrax_mlops.analysis.gallery import cutout_grid
@@ -111,10 +146,15 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
         top = table.head(cfg.gallery)
         row_of = pd.Series(np.arange(len(ctx.ids)), index=ctx.ids)
         cubes = ctx.images(row_of.loc[top["object_id"]].to_numpy())
-        titles = [f"#{r} {oid}\n{s:.3f}" for r, oid, s in
-                  zip(top["rank"], top["object_id"], top["outlier_score"], strict=True)]
-        result.figures[GALLERY] = cutout_grid(cubes, titles,
-                                              f"Top {len(top)} outliers (outlier_score)")
+        titles = [f"#{r} {oid} {s:.3f}\n{why.split(': ')[-1]}" for r, oid, s, why in
+                  zip(top["rank"], top["object_id"], top["outlier_score"], top["explained_by"],
+                      strict=True)]
+        rows = row_of.loc[top["object_id"]].to_numpy()
+        below = ctx.residuals(rows) if ctx.residuals is not None else None
+        result.figures[GALLERY] = cutout_grid(
+            cubes, titles, f"Top {len(top)} outliers (outlier_score)"
+            + (": each cutout, then where its residual is (|reconstruction - input|)"
+               if below is not None else ""), residuals=below)
     elif cfg.gallery:
         result.notes.append("outliers: no gallery, the dataset's pixels are not stored")
     return result

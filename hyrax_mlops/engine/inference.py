@@ -3,6 +3,8 @@ gradients."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -52,15 +54,25 @@ def can_reconstruct(model: torch.nn.Module) -> bool:
     return callable(getattr(model, "reconstruct", None))
 
 
-def reconstruction_errors(model: torch.nn.Module, loader, device: str = "cpu") -> np.ndarray:
-    """float64 (n,) mean squared error of each object's reconstruction, in the model's
-    normalised pixel units, in the loader's order (models with a `reconstruct` method)."""
+Statistics = Callable[[torch.Tensor, torch.Tensor | None], dict[str, np.ndarray]]
+
+
+def batch_statistics(loader, statistics: Statistics, model: torch.nn.Module | None = None,
+                     device: str = "cpu", desc: str = "statistics") -> dict[str, np.ndarray]:
+    """`statistics(images, residuals)` of every batch, joined in the loader's order; with a
+    reconstructing `model`, residuals = reconstruction - input (model-normalised pixels) and
+    `reconstruction_error` (their mean square) is added; without one, residuals is None."""
     dev = resolve_device(device)
-    model.to(dev).eval()
-    errors = []
+    if model is not None:
+        model.to(dev).eval()
+    parts: list[dict[str, np.ndarray]] = []
     with torch.no_grad():
-        for batch in tqdm(prefetch(loader), desc="reconstruct", unit="batch", total=len(loader)):
+        for batch in tqdm(prefetch(loader), desc=desc, unit="batch", total=len(loader)):
             batch = to_device(batch, dev)
-            diff = model.reconstruct(batch) - batch["image"]
-            errors.append(diff.float().pow(2).flatten(1).mean(1).cpu().numpy())
-    return np.concatenate(errors).astype(np.float64)
+            residual = None if model is None else model.reconstruct(batch) - batch["image"]
+            part = dict(statistics(batch["image"], residual))
+            if residual is not None:
+                part["reconstruction_error"] = (
+                    residual.float().pow(2).flatten(1).mean(1).cpu().double().numpy())
+            parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}

@@ -102,6 +102,7 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
 
 
 SUMMARY_TOP = 5  # top outliers named in the summary
+STATISTICS_TABLE = "analysis/stamp_statistics.parquet"
 
 
 @formatter("analyse")
@@ -132,6 +133,10 @@ def summary(run_id: str, cfg: Config) -> list[str]:
                           zip(top["object_id"], top["outlier_score"], strict=True))
         lines.append(f"outliers: {int(m['outliers.n_flagged'])} flagged (top "
                      f"{params.get('analyse.top_fraction', '?')}); strongest: {named}")
+        if "explained_by" in top:
+            why = top["explained_by"].str.split(": ").str[-1]
+            lines.append("  ranked by: " + ", ".join(
+                f"{oid} {w}" for oid, w in zip(top["object_id"], why, strict=True)))
     if "clusters.n_clusters" in m:
         silhouette = (f", silhouette {m['clusters.silhouette']:.3f}"
                       if "clusters.silhouette" in m else "")
@@ -203,9 +208,10 @@ def _reference(cfg: Config, path: Path | None):
 
 
 def resolve_auto_methods(cfg: Config, infer) -> Config:
-    """`outlier_methods = ["auto"]`: the reconstruction error for a model that reconstructs
-    its input (on injected artefacts the latent-space scores found none), else the latent
-    kNN, LOF and isolation-forest scores."""
+    """`outlier_methods = ["auto"]`: for a model that reconstructs its input, "residual" (the
+    most significant statistic of its residual and pixels: on the discovery benchmark's
+    injected artefacts the latent-space scores found few), else the latent kNN, LOF and
+    isolation-forest scores."""
     a = cfg.analyse
     if "outliers" not in a.analyses or a.outlier_methods != ["auto"]:
         return cfg
@@ -213,14 +219,15 @@ def resolve_auto_methods(cfg: Config, infer) -> Config:
     from hyrax_mlops.engine.inference import can_reconstruct
 
     recon = can_reconstruct(load_bundle(infer.data.tags.get("hyrax.model_uri", "")).model)
-    methods = ["recon"] if recon else ["knn", "lof", "iforest"]
+    methods = ["residual"] if recon else ["knn", "lof", "iforest"]
     return cfg.model_copy(update={"analyse": a.model_copy(update={"outlier_methods": methods})})
 
 
 def _reconstructing_model(cfg: Config, infer):
-    """The infer run's model, when the "recon" outlier score needs it (else None)."""
+    """The infer run's model, when the "recon" or "residual" outlier score needs it."""
     a = cfg.analyse
-    if "outliers" not in a.analyses or "recon" not in a.outlier_methods:
+    wanted = [m for m in ("recon", "residual") if m in a.outlier_methods]
+    if "outliers" not in a.analyses or not wanted:
         return None
     from hyrax_mlops.engine.bundle import load_bundle
     from hyrax_mlops.engine.inference import can_reconstruct
@@ -228,24 +235,45 @@ def _reconstructing_model(cfg: Config, infer):
     uri = infer.data.tags.get("hyrax.model_uri", "")
     loaded = load_bundle(uri)
     if not can_reconstruct(loaded.model):
-        raise ConfigError(f"config key 'analyse.outlier_methods': \"recon\" needs a model "
-                          f"with a reconstruct() method; '{loaded.spec['name']}' ({uri}) has "
-                          "none. Fix: drop \"recon\" from analyse.outlier_methods")
+        raise ConfigError(f"config key 'analyse.outlier_methods': \"{wanted[0]}\" needs a "
+                          f"model with a reconstruct() method; '{loaded.spec['name']}' ({uri}) "
+                          f"has none. Fix: drop \"{wanted[0]}\" from analyse.outlier_methods "
+                          "(\"pixels\" scores the pixels alone)")
     return loaded
 
 
-def reconstruction_errors(cfg: Config, loaded, dataset_run_id: str, ids):
-    """Each object's reconstruction error (model-normalised pixels), in the order of `ids`."""
+def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
+    """The stamp statistics of every object (analysis.stamp_statistics) in one pass over the
+    pixels, with the model's residual and `reconstruction_error` when `loaded` (a
+    reconstructing model) is given: a DataFrame in the order of `ids`."""
     import pandas as pd
 
+    from hyrax_mlops.analysis.stamp_statistics import stamp_statistics
     from hyrax_mlops.data.provider import DataProvider
-    from hyrax_mlops.engine.inference import reconstruction_errors as errors
+    from hyrax_mlops.engine.inference import batch_statistics
 
-    provider = DataProvider(dataset_run_id, cfg, normalizer=loaded.normalizer)
+    provider = DataProvider(dataset_run_id, cfg,
+                            normalizer=loaded.normalizer if loaded is not None else None)
     loader = provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False)
-    values = errors(loaded.model, loader, cfg.infer.device)
+    values = batch_statistics(loader, stamp_statistics,
+                              loaded.model if loaded is not None else None, cfg.infer.device,
+                              desc="reconstruct" if loaded is not None else "statistics")
     order = provider.catalog["object_id"].astype(str).to_numpy()
-    return pd.Series(values, index=order).reindex(ids).to_numpy()
+    return pd.DataFrame(values, index=order).reindex(ids).reset_index(drop=True)
+
+
+def residual_maps(loaded, dataset, rows):
+    """rows of the analysed objects -> their residuals (reconstruction - input, normalised)."""
+    import numpy as np
+    import torch
+
+    def residuals(local):
+        cubes = dataset.images(rows[np.asarray(local)]).astype(np.float32)
+        device = next(loaded.model.parameters()).device
+        x = torch.from_numpy(np.ascontiguousarray(loaded.normalizer.apply(cubes))).to(device)
+        with torch.no_grad():
+            return (loaded.model.reconstruct({"image": x}) - x).float().cpu().numpy()
+    return residuals
 
 
 def read_map(cfg: Config, reduce_run_id: str):
@@ -305,11 +333,20 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
         mlflow.set_tag(TAG_MAP, ctx.map_name)
     if dataset.shape and not dataset.streamed:  # pixels on disk: galleries can show them
         ctx.images = lambda local: dataset.images(rows[np.asarray(local)])
-    if model is not None:
+    pixels = "outliers" in cfg.analyse.analyses and "pixels" in cfg.analyse.outlier_methods
+    if pixels and ctx.images is None:
+        raise ConfigError("config key 'analyse.outlier_methods': \"pixels\" needs the "
+                          "dataset's pixels, which this dataset does not store. Fix: drop "
+                          "\"pixels\" from analyse.outlier_methods")
+    if model is not None or pixels:
         start = time.perf_counter()
-        ctx.columns["reconstruction_error"] = reconstruction_errors(cfg, model,
-                                                                    dataset_run_id, ids)
-        mlflow.log_metric("reconstruction_seconds", time.perf_counter() - start)
+        ctx.statistics = measure_statistics(cfg, model, dataset_run_id, ids)
+        if "reconstruction_error" in ctx.statistics:
+            ctx.columns["reconstruction_error"] = ctx.statistics["reconstruction_error"]
+            ctx.residuals = residual_maps(model, dataset, rows)
+        with tempfile.TemporaryDirectory(prefix="hyrax-statistics-") as tmp:
+            _log_table(ctx.statistics.assign(object_id=ids), STATISTICS_TABLE, Path(tmp))
+        mlflow.log_metric("statistics_seconds", time.perf_counter() - start)
 
     outputs: dict[str, str] = {}
     notes: list[str] = []

@@ -1,0 +1,81 @@
+"""Stamp statistics (where and how a stamp departs from the rest) on real XDF stamps: each
+kind of departure is named by the statistic made for it, and comes out most significant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hyrax_mlops.analysis.stamp_statistics import robust_z, significance, stamp_statistics
+
+from conftest import real_xdf_stamps
+
+
+@pytest.fixture(scope="module")
+def stamps() -> np.ndarray:
+    return real_xdf_stamps(48)
+
+
+def normalised(cubes: np.ndarray) -> torch.Tensor:
+    from hyrax_mlops.data.normalize import fit_normalizer
+
+    return torch.from_numpy(np.ascontiguousarray(fit_normalizer("asinh", cubes).apply(cubes)))
+
+
+def ranked(cubes: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Stamps from the most significant departure down, and the statistic behind each."""
+    score, which = significance(stamp_statistics(normalised(cubes)))
+    return [int(i) for i in np.argsort(-score)], which
+
+
+def test_a_hit_in_one_band_is_the_sharpest_pixel_of_that_band(stamps):
+    before, _ = ranked(stamps)
+    assert before.index(17) > 10  # an ordinary stamp ...
+    cubes = stamps.copy()
+    cubes[17, 1, 10, 40] = 255.0  # ... hit: two pixels of one band at saturation, on sky
+    cubes[17, 1, 11, 40] = 255.0
+    order, which = ranked(cubes)
+    # among the three most significant (with the brightest stamp, a saturated star)
+    assert order.index(17) < 3 and which[17].startswith("sharp_pixel"), which[17]
+
+
+def test_a_dead_column_in_one_band_is_a_flat_run(stamps):
+    before, _ = ranked(stamps)
+    assert before.index(30) > 10
+    cubes = stamps.copy()
+    cubes[30, 2, :, 21] = 0.0  # no data along a whole column of one band
+    order, which = ranked(cubes)
+    assert order.index(30) < 3 and which[30].startswith("flat_run"), which[30]
+
+
+def test_a_line_left_in_the_residual_is_found_at_any_angle():
+    rng = np.random.default_rng(0)
+    cubes = rng.normal(20.0, 2.0, (40, 3, 64, 64)).astype(np.float32)
+    residuals = rng.normal(0.0, 0.1, cubes.shape).astype(np.float32)
+    yy, xx = np.mgrid[0:64, 0:64]
+    trail = np.abs((yy - 32) * np.cos(0.6) - (xx - 32) * np.sin(0.6)) < 0.8  # 35 degrees
+    residuals[5][:, trail] += 0.25  # faint per pixel, strong along the line
+    stats = stamp_statistics(torch.from_numpy(cubes), torch.from_numpy(residuals))
+    assert int(np.argmax(stats["residual_line"])) == 5
+    assert int(np.argmax(stats["residual_energy"])) == 5
+    score, which = significance(stats)
+    assert int(np.argmax(score)) == 5 and which[5] == "residual_line"
+
+
+def test_single_band_data_has_no_band_contrasts_and_the_same_kinds():
+    cubes = np.random.default_rng(1).normal(5.0, 1.0, (20, 1, 32, 32)).astype(np.float32)
+    stats = stamp_statistics(torch.from_numpy(cubes))
+    assert sorted(stats) == ["fine_segment", "flat_run", "sharp_pixel"]
+    assert all(v.shape == (20,) and np.isfinite(v).all() for v in stats.values())
+
+
+def test_robust_z_is_in_units_of_the_upper_tail_and_falls_back_to_the_spread():
+    ordinary = np.random.default_rng(2).normal(0.0, 1.0, 4000)
+    z = robust_z(np.append(ordinary, 8.0))
+    assert z[-1] == pytest.approx(8.0, rel=0.1)  # Gaussian: the usual sigma
+    heavy = robust_z(np.append(np.exp(ordinary), np.exp(8.0)))  # a long tail counts less
+    assert heavy[-1] < np.exp(8.0) / (1.4826 * np.median(np.abs(np.exp(ordinary) - 1)))
+    quantised = np.array([0.0] * 99 + [1.0])  # no upper tail: the standard deviation instead
+    assert robust_z(quantised)[-1] == pytest.approx(1.0 / quantised.std())
+    assert not robust_z(np.full(5, 3.0)).any()
