@@ -25,7 +25,7 @@ class PipelineResult:
         for step in self.stages.values():
             lines.append(step.headline())
             if step.summary:
-                lines.append("          " + "; ".join(step.summary))
+                lines.append("          " + "; ".join(line.strip() for line in step.summary))
         return "\n".join(lines)
 
 
