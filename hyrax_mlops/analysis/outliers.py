@@ -144,12 +144,11 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
         from hyrax_mlops.analysis.gallery import cutout_grid
 
         top = table.head(cfg.gallery)
-        row_of = pd.Series(np.arange(len(ctx.ids)), index=ctx.ids)
-        cubes = ctx.images(row_of.loc[top["object_id"]].to_numpy())
+        rows = pd.Series(np.arange(len(ctx.ids)), index=ctx.ids).loc[top["object_id"]].to_numpy()
+        cubes = ctx.images(rows)
         titles = [f"#{r} {oid} {s:.3f}\n{why.split(': ')[-1]}" for r, oid, s, why in
                   zip(top["rank"], top["object_id"], top["outlier_score"], top["explained_by"],
                       strict=True)]
-        rows = row_of.loc[top["object_id"]].to_numpy()
         below = ctx.residuals(rows) if ctx.residuals is not None else None
         result.figures[GALLERY] = cutout_grid(
             cubes, titles, f"Top {len(top)} outliers (outlier_score)"

@@ -33,8 +33,7 @@ LINE_ANGLES = 12
 SEGMENT = 11  # pixels
 FLAT_RUN = 20  # pixels
 CHUNK = 64  # stamps per step (the median filters unfold k*k copies of the pixels)
-NAMES_PIXELS = ("sharp_pixel", "fine_segment", "flat_run")
-NAMES_RESIDUAL = ("residual_energy", "residual_line")
+NAMES_RESIDUAL = ("residual_energy", "residual_line")  # the statistics of a residual
 
 
 def _median_filter(t: torch.Tensor, k: int) -> torch.Tensor:

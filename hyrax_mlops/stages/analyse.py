@@ -85,6 +85,10 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
     dataset = _dataset(cfg, dataset_run_id)
     cfg = quality_label(cfg, dataset.catalog.columns)
     _check_columns(cfg, dataset.catalog)
+    if _wants(cfg, "pixels") and not _has_pixels(dataset):
+        raise ConfigError("config key 'analyse.outlier_methods': \"pixels\" needs the "
+                          "dataset's pixels, which this dataset does not store. Fix: drop "
+                          "\"pixels\" from analyse.outlier_methods")
     model = _reconstructing_model(cfg, infer)
     table = _reference(cfg, reference)
     spec = StageSpec("analyse", SECTIONS, inputs=inputs,
@@ -223,12 +227,22 @@ def resolve_auto_methods(cfg: Config, infer) -> Config:
     return cfg.model_copy(update={"analyse": a.model_copy(update={"outlier_methods": methods})})
 
 
+def _wants(cfg: Config, *methods: str) -> bool:
+    """Whether the outlier analysis runs with any of these methods."""
+    a = cfg.analyse
+    return "outliers" in a.analyses and any(m in a.outlier_methods for m in methods)
+
+
+def _has_pixels(dataset) -> bool:
+    """Whether the dataset's pixels are stored (galleries and pixel statistics read them)."""
+    return bool(dataset.shape) and not dataset.streamed
+
+
 def _reconstructing_model(cfg: Config, infer):
     """The infer run's model, when the "recon" or "residual" outlier score needs it."""
-    a = cfg.analyse
-    wanted = [m for m in ("recon", "residual") if m in a.outlier_methods]
-    if "outliers" not in a.analyses or not wanted:
+    if not _wants(cfg, "recon", "residual"):
         return None
+    wanted = [m for m in ("recon", "residual") if m in cfg.analyse.outlier_methods]
     from hyrax_mlops.engine.bundle import load_bundle
     from hyrax_mlops.engine.inference import can_reconstruct
 
@@ -243,9 +257,10 @@ def _reconstructing_model(cfg: Config, infer):
 
 
 def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
-    """The stamp statistics of every object (analysis.stamp_statistics) in one pass over the
-    pixels, with the model's residual and `reconstruction_error` when `loaded` (a
-    reconstructing model) is given: a DataFrame in the order of `ids`."""
+    """In one pass over the pixels: `reconstruction_error` when `loaded` (a reconstructing
+    model) is given, and the stamp statistics (analysis.stamp_statistics, of the residual
+    too with a model) when "residual" or "pixels" scores them: a DataFrame in the order of
+    `ids`."""
     import pandas as pd
 
     from hyrax_mlops.analysis.stamp_statistics import stamp_statistics
@@ -255,7 +270,8 @@ def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
     provider = DataProvider(dataset_run_id, cfg,
                             normalizer=loaded.normalizer if loaded is not None else None)
     loader = provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False)
-    values = batch_statistics(loader, stamp_statistics,
+    wanted = _wants(cfg, "residual", "pixels")
+    values = batch_statistics(loader, stamp_statistics if wanted else (lambda x, r: {}),
                               loaded.model if loaded is not None else None, cfg.infer.device,
                               desc="reconstruct" if loaded is not None else "statistics")
     order = provider.catalog["object_id"].astype(str).to_numpy()
@@ -331,14 +347,9 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
                                "embedded objects.")
         ctx.map = found.to_numpy()
         mlflow.set_tag(TAG_MAP, ctx.map_name)
-    if dataset.shape and not dataset.streamed:  # pixels on disk: galleries can show them
+    if _has_pixels(dataset):  # pixels on disk: galleries can show them
         ctx.images = lambda local: dataset.images(rows[np.asarray(local)])
-    pixels = "outliers" in cfg.analyse.analyses and "pixels" in cfg.analyse.outlier_methods
-    if pixels and ctx.images is None:
-        raise ConfigError("config key 'analyse.outlier_methods': \"pixels\" needs the "
-                          "dataset's pixels, which this dataset does not store. Fix: drop "
-                          "\"pixels\" from analyse.outlier_methods")
-    if model is not None or pixels:
+    if model is not None or _wants(cfg, "pixels"):
         start = time.perf_counter()
         ctx.statistics = measure_statistics(cfg, model, dataset_run_id, ids)
         if "reconstruction_error" in ctx.statistics:
