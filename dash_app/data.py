@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
 from hyrax_mlops.config import Config
 from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, use_store
 
@@ -47,7 +48,8 @@ class Reduction:
         return sorted(self.maps)
 
     def columns(self) -> list[str]:
-        return [c for c in self.catalog.columns if c != "object_id"]
+        """Columns to colour by and list: not the ids, nor images (residual maps)."""
+        return [c for c in self.catalog.columns if c not in ("object_id", RESIDUAL_MAP)]
 
 
 class AppData:

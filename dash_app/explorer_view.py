@@ -174,6 +174,7 @@ def register(app, data: AppData) -> None:
                                       [c for c in HOVER if c in red.catalog.columns])
         return True, bbox, html.Div([
             *thumbs.tiles(red, rows, stretch, id_prefix="hover"),
+            *thumbs.residual_tile(red.catalog, int(rows[0]), str(oid)),
             html.B(str(oid)),
             *[html.Div(f"{col}: {value}") for col, value in fields],
         ], className="hover-card")

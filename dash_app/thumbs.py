@@ -8,6 +8,7 @@ import io
 import numpy as np
 from dash import html
 
+from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
 from hyrax_mlops.data.display import STRETCHES
 
 THUMB_PX = 96
@@ -41,3 +42,17 @@ def tiles(reduction, rows: np.ndarray, stretch: str = "asinh",
             className=f"{id_prefix}-tile", **{"data-object-id": oid},
             style={"display": "inline-block", "margin": "4px", "textAlign": "center"}))
     return out
+
+
+def residual_tile(catalog, row: int, oid: str) -> list:
+    """The object's residual map (a flagged outlier's, from its analyse run) as a tile, or
+    nothing: where in the stamp the model could not reproduce it."""
+    uri = catalog[RESIDUAL_MAP].iloc[row] if RESIDUAL_MAP in catalog.columns else None
+    if not isinstance(uri, str) or not uri.startswith("data:image/png"):
+        return []
+    return [html.Figure(
+        [html.Img(src=uri, alt=f"residual of {oid}", title="where the model missed (|residual|)",
+                  style={"width": f"{THUMB_PX}px", "height": f"{THUMB_PX}px"}),
+         html.Figcaption("residual", style={"fontSize": "11px"})],
+        className="hover-residual-tile",
+        style={"display": "inline-block", "margin": "4px", "textAlign": "center"})]

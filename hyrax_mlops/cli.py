@@ -248,9 +248,10 @@ def _search(args: argparse.Namespace) -> int:
     else:
         tables = searcher.by_vector(np.load(args.vector, allow_pickle=False), args.k)
     cols = ["rank", "object_id", "distance"]
+    images = ["residual_map"]  # PNG data URIs: for notebooks and the app, not the terminal
     for table in tables:
         extra = [c for c in args.columns.split(",") if c] or [
-            c for c in table.columns if c not in cols][:4]
+            c for c in table.columns if c not in cols + images][:4]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
     return 0

@@ -139,7 +139,8 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
     why = table.set_index("object_id").loc[injected, "explained_by"]
     assert why.str.startswith("residual: ").all()
     for kind, expected in (("dead_band", ("residual_energy", "residual_line", "flat_run")),
-                           ("trail", ("residual_line", "fine_segment", "residual_energy")),
+                           ("trail", ("straight_line", "residual_line", "fine_segment",
+                                      "residual_energy")),
                            ("cosmic_rays", ("sharp_pixel",))):
         named = why[kinds == kind].str.split(": ").str[-1]
         assert named.str.startswith(expected).mean() >= 0.6, (kind, list(named))
@@ -280,6 +281,32 @@ def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys, monkeypatch)
     shown = app.reduction(result["reduce"].run_id).catalog.set_index("object_id")
     assert {"outlier_score", "cluster", "label_purity"} <= set(shown.columns)
     assert shown.loc[strongest[1], "outlier_score"] == pytest.approx(float(strongest[2]), abs=5e-4)
+
+    # where in the stamp: each flagged outlier's residual map, a PNG, in search results and on
+    # the app's hover card; none for the others, and never offered as a colour
+    import base64
+    import io
+
+    from PIL import Image
+
+    from dash_app import thumbs
+
+    maps = shown["residual_map"]
+    assert set(maps.dropna().index) == set(shown.index[shown["is_outlier"].astype(bool)])
+    assert maps.notna().sum() == 15
+    png = Image.open(io.BytesIO(base64.b64decode(maps[strongest[1]].split(",", 1)[1])))
+    assert png.size == (96, 96) and np.asarray(png).std() > 0  # a picture, not a blank
+    assert "residual_map" not in app.reduction(result["reduce"].run_id).columns()
+    flagged = hits[hits["is_outlier"].astype(bool)]
+    assert flagged["residual_map"].str.startswith("data:image/png;base64,").all()
+    assert hits.loc[~hits["is_outlier"].astype(bool), "residual_map"].isna().all()
+    red = app.reduction(result["reduce"].run_id)
+    row = int(red.rows_of([strongest[1]])[0])
+    tile = thumbs.residual_tile(red.catalog, row, strongest[1])[0].to_plotly_json()
+    img = tile["props"]["children"][0].to_plotly_json()["props"]
+    assert img["src"] == maps[strongest[1]] and img["alt"] == f"residual of {strongest[1]}"
+    other = int(red.rows_of([shown.index[~shown["is_outlier"].astype(bool)][0]])[0])
+    assert thumbs.residual_tile(red.catalog, other, "x") == []
 
     # given a map (as the pipeline gives its own), "auto" clusters that map
     from sklearn.cluster import HDBSCAN

@@ -25,8 +25,13 @@ def normalised(cubes: np.ndarray) -> torch.Tensor:
 
 def ranked(cubes: np.ndarray) -> tuple[list[int], np.ndarray]:
     """Stamps from the most significant departure down, and the statistic behind each."""
-    score, which = significance(stamp_statistics(normalised(cubes)))
+    score, which = significance(stamp_statistics(normalised(cubes), stretch="asinh"))
     return [int(i) for i in np.argsort(-score)], which
+
+
+def add_light(stamp: np.ndarray, light: np.ndarray) -> None:
+    """Add `light` (h, w) to every band of an 8-bit stamp, saturating at 255."""
+    stamp[:] = np.minimum(stamp + light[None], 255.0)
 
 
 def test_a_hit_in_one_band_is_the_sharpest_pixel_of_that_band(stamps):
@@ -49,6 +54,48 @@ def test_a_dead_column_in_one_band_is_a_flat_run(stamps):
     assert order.index(30) < 3 and which[30].startswith("flat_run"), which[30]
 
 
+def test_a_faint_hit_is_found_on_the_linear_scale_the_stretch_hid(stamps):
+    cubes = stamps.copy()
+    sky = 1.4826 * np.median(np.abs(cubes[40, 0] - np.median(cubes[40, 0])))
+    cubes[40, 0, 50, 12] += 17 * sky  # one pixel of one band, 17 sigma above the sky
+    x = normalised(cubes)
+    stretched = stamp_statistics(x)["sharp_pixel"]
+    linear = stamp_statistics(x, stretch="asinh")["sharp_pixel"]
+    # the asinh stretch squeezes the hit to a few units; undone, it is the sharpest of all,
+    # sharper than the cores of the stars (their photon noise allowed for)
+    assert int(np.argmax(linear)) == 40
+    assert robust_z(linear)[40] > 3 * robust_z(stretched)[40] > 0
+
+
+def test_a_trail_across_every_band_is_a_straight_line(stamps):
+    before, _ = ranked(stamps)
+    assert before.index(20) > 10
+    cubes = stamps.copy()
+    yy, xx = np.mgrid[0:64, 0:64]
+    across = (yy - 40) * np.cos(0.35) - (xx - 32) * np.sin(0.35)  # 20 degrees, off centre
+    add_light(cubes[20], 40.0 * np.exp(-0.5 * (across / 0.9) ** 2))
+    order, which = ranked(cubes)
+    assert order.index(20) < 3 and which[20] == "straight_line", which[20]
+
+
+def test_diffraction_spikes_from_a_star_are_radial_streaks(stamps):
+    before, _ = ranked(stamps)
+    assert before.index(25) > 10
+    cubes = stamps.copy()
+    yy, xx = np.mgrid[0:64, 0:64].astype(float)
+    dy, dx = yy - 24, xx - 40
+    r = np.hypot(dy, dx)
+    light = 200.0 * np.exp(-0.5 * (r / 1.2) ** 2)  # a star ...
+    for angle in (0.3, 0.3 + np.pi / 2, 0.3 + np.pi, 0.3 + 3 * np.pi / 2):  # ... and 4 spikes
+        along = dx * np.cos(angle) + dy * np.sin(angle)
+        off = -dx * np.sin(angle) + dy * np.cos(angle)
+        light += np.where((along > 1) & (along < 24), 120.0 / np.maximum(along, 1), 0) * np.exp(
+            -0.5 * (off / 0.6) ** 2)
+    add_light(cubes[25], light)
+    order, which = ranked(cubes)
+    assert order.index(25) < 3 and which[25] == "radial_streaks", which[25]
+
+
 def test_a_line_left_in_the_residual_is_found_at_any_angle():
     rng = np.random.default_rng(0)
     cubes = rng.normal(20.0, 2.0, (40, 3, 64, 64)).astype(np.float32)
@@ -66,7 +113,8 @@ def test_a_line_left_in_the_residual_is_found_at_any_angle():
 def test_single_band_data_has_no_band_contrasts_and_the_same_kinds():
     cubes = np.random.default_rng(1).normal(5.0, 1.0, (20, 1, 32, 32)).astype(np.float32)
     stats = stamp_statistics(torch.from_numpy(cubes))
-    assert sorted(stats) == ["fine_segment", "flat_run", "sharp_pixel"]
+    assert sorted(stats) == ["fine_segment", "flat_run", "radial_streaks", "sharp_pixel",
+                             "straight_line"]
     assert all(v.shape == (20,) and np.isfinite(v).all() for v in stats.values())
 
 

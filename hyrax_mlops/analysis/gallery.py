@@ -1,7 +1,10 @@
-"""A grid of cutouts with a caption each: the way to look at a list of objects."""
+"""A grid of cutouts with a caption each: the way to look at a list of objects; and one
+object's residual map as a small PNG, to show beside its cutout wherever it is listed."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 from collections.abc import Sequence
 
@@ -32,7 +35,7 @@ def cutout_grid(cubes: np.ndarray, titles: Sequence[str], suptitle: str = "",
         ax.imshow(stretch(cube), interpolation="nearest")
         ax.set_title(title, fontsize=6)
         if residuals is not None:
-            mag = np.abs(np.asarray(residuals[i], dtype=np.float64)).sum(axis=0)
+            mag = residual_magnitude(residuals[i])
             axes[(i // ncols) * per + 1, i % ncols].imshow(
                 mag, cmap="magma", interpolation="nearest",
                 vmin=0, vmax=float(np.percentile(mag, 99.5)) or 1.0)
@@ -40,3 +43,23 @@ def cutout_grid(cubes: np.ndarray, titles: Sequence[str], suptitle: str = "",
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if suptitle else None)
     return fig
+
+
+def residual_magnitude(residual: np.ndarray) -> np.ndarray:
+    """|reconstruction - input| summed over bands, (h, w): where the model could not
+    reproduce the stamp."""
+    return np.abs(np.asarray(residual, dtype=np.float64)).sum(axis=0)
+
+
+def residual_png_uri(residual: np.ndarray, size: int = 96) -> str:
+    """A (bands, h, w) residual as a PNG data URI, `size` pixels a side: its magnitude in
+    the gallery's colours (magma; black: nothing left over, bright: what the model missed)."""
+    from PIL import Image
+
+    mag = residual_magnitude(residual)
+    top = float(np.percentile(mag, 99.5)) or 1.0
+    rgb = plt.get_cmap("magma")(np.clip(mag / top, 0, 1))[..., :3]
+    img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -25,6 +25,8 @@ from hyrax_mlops.errors import ConfigError
 
 OUTLIERS_TABLE = "analysis/outliers.parquet"
 GALLERY = "plots/outlier_gallery.png"
+RESIDUAL_MAP = "residual_map"  # per-object column: a flagged outlier's residual, as a PNG
+RESIDUAL_MAPS = 1000  # the most flagged outliers given one (a few kB each)
 
 
 def knn_distance(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -95,6 +97,23 @@ def outlier_table(ids: np.ndarray, x: np.ndarray, methods: list[str], k: int, se
     return table.sort_values("rank").reset_index(drop=True)
 
 
+def residual_maps(ctx: AnalysisContext, table: pd.DataFrame) -> np.ndarray:
+    """Per object (in `ctx.ids` order): its residual map as a PNG data URI when it is among
+    the flagged outliers (the first RESIDUAL_MAPS of them), else None; the app's hover card
+    and search results show it beside the cutout."""
+    from hyrax_mlops.analysis.gallery import residual_png_uri
+
+    flagged = table.loc[table["is_outlier"], "object_id"].head(RESIDUAL_MAPS).astype(str)
+    position = pd.Series(np.arange(len(ctx.ids)), index=np.asarray(ctx.ids, dtype=str))
+    rows = position.loc[flagged].to_numpy()
+    out = np.full(len(ctx.ids), None, dtype=object)
+    for start in range(0, len(rows), 256):
+        chunk = rows[start:start + 256]
+        for row, residual in zip(chunk, ctx.residuals(chunk), strict=True):
+            out[row] = residual_png_uri(residual)
+    return out
+
+
 def statistics_score(ctx: AnalysisContext, method: str) -> tuple[np.ndarray, np.ndarray]:
     """(score, statistic) of "residual" (every stamp statistic) or "pixels" (those of the
     pixels alone): the most significant statistic of each object (`significance`)."""
@@ -140,6 +159,8 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
                  "is_outlier": by_id["is_outlier"].to_numpy(),
                  "outlier_why": by_id["explained_by"].to_numpy()},
     )
+    if ctx.residuals is not None:
+        result.columns[RESIDUAL_MAP] = residual_maps(ctx, table)
     if cfg.gallery and ctx.images is not None:
         from hyrax_mlops.analysis.gallery import cutout_grid
 

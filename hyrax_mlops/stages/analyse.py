@@ -271,7 +271,12 @@ def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
                             normalizer=loaded.normalizer if loaded is not None else None)
     loader = provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False)
     wanted = _wants(cfg, "residual", "pixels")
-    values = batch_statistics(loader, stamp_statistics if wanted else (lambda x, r: {}),
+    stretch = provider.normalizer.method
+
+    def statistics(images, residuals):
+        return stamp_statistics(images, residuals, stretch=stretch) if wanted else {}
+
+    values = batch_statistics(loader, statistics,
                               loaded.model if loaded is not None else None, cfg.infer.device,
                               desc="reconstruct" if loaded is not None else "statistics")
     order = provider.catalog["object_id"].astype(str).to_numpy()
