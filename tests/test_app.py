@@ -76,6 +76,50 @@ def plot_ready(page, graph: str) -> None:
         " return g && g._fullData && g._fullData.length > 0; }")
 
 
+# the index of the point to hover in the map's first trace: the object with customdata
+# `target`, or the first point when null; or, given a list `among`, the one of them farthest
+# (on screen) from any other point, so that the hover lands on it and on nothing else
+PICK_POINT = """([target, among]) => {
+    const g = document.querySelector('#explorer-graph .js-plotly-plot');
+    const t = g._fullData[0], L = g._fullLayout;
+    const box = g.querySelector('.nsewdrag').getBoundingClientRect();
+    const px = i => [box.left + L.xaxis.l2p(t.x[i]), box.top + L.yaxis.l2p(t.y[i])];
+    let best = target === null ? 0 : t.customdata.indexOf(target);
+    if (among) {
+        let far = -1;
+        t.customdata.forEach((id, i) => {
+            if (!among.includes(id)) return;
+            const [x, y] = px(i);
+            let near = Infinity;
+            for (let j = 0; j < t.x.length; j++) if (j !== i) {
+                const [u, v] = px(j); near = Math.min(near, Math.hypot(u - x, v - y)); }
+            if (near > far) { far = near; best = i; }
+        });
+    }
+    const [x, y] = px(best);
+    return {x: x, y: y, id: t.customdata[best]};
+}"""
+
+
+def hover_point(page, target: str | None = None, among: list[str] | None = None):
+    """Hover a point of the explorer's map (see PICK_POINT) until its card shows: (the point's
+    {x, y, id}, the card)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    card = page.locator(".hover-card")
+    for _ in range(8):  # the map may still be laying out (its colour bar moves the axes)
+        xy = page.evaluate(PICK_POINT, [target, among])
+        page.mouse.move(xy["x"] - 30, xy["y"] - 30)
+        page.mouse.move(xy["x"], xy["y"], steps=5)
+        try:
+            card.wait_for(state="visible", timeout=6_000)  # a loaded machine renders slowly
+            break
+        except PlaywrightTimeout:
+            continue
+    card.wait_for(state="visible", timeout=10_000)
+    return xy, card
+
+
 def open_explorer(page, url: str) -> None:
     page.goto(url)
     page.get_by_text("Explorer", exact=True).click()
@@ -240,26 +284,8 @@ def test_first_hour_walk_numbers_hover_cutout_neighbours_and_compare(page, app_u
     page.wait_for_function("() => document.querySelector('#explorer-info').innerText"
                            ".includes('objects in view')")
     # hover: a card with the object's cutout and its non-empty columns
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    card = page.locator(".hover-card")
-    for _ in range(8):  # the map may still be laying out (its colour bar moves the axes)
-        xy = page.evaluate("""() => {
-            const g = document.querySelector('#explorer-graph .js-plotly-plot');
-            const t = g._fullData[0], L = g._fullLayout;
-            const box = g.querySelector('.nsewdrag').getBoundingClientRect();
-            return {x: box.left + L.xaxis.l2p(t.x[0]), y: box.top + L.yaxis.l2p(t.y[0]),
-                    id: t.customdata[0]};
-        }""")
-        page.mouse.move(xy["x"] - 30, xy["y"] - 30)
-        page.mouse.move(xy["x"], xy["y"], steps=5)
-        try:
-            card.wait_for(state="visible", timeout=6_000)  # a loaded machine renders slowly
-            break
-        except PlaywrightTimeout:
-            continue
-    card.wait_for(state="visible", timeout=10_000)
-    img = card.locator("img")
+    xy, card = hover_point(page)
+    img = card.locator(".hover-tile img")
     assert img.get_attribute("alt") == xy["id"]
     hover_src = img.get_attribute("src")
     assert hover_src.startswith("data:image/png;base64,") and len(hover_src) > 200
@@ -295,6 +321,46 @@ def test_first_hour_walk_numbers_hover_cutout_neighbours_and_compare(page, app_u
     assert all(p["points"] >= 300 for p in panels), panels  # every object, in each map
     assert "2D maps are shown side by side" in page.inner_text("#compare-info")
     shot(page, "compare-first-hour.png")
+
+
+def test_hovering_a_flagged_outlier_shows_where_its_residual_is(page, demo, demo_dir, tmp_path):
+    """After `analyse`, a flagged outlier's hover card shows its residual map (where the model
+    could not reproduce it) beside its cutout, and why it ranked; an ordinary object's card
+    shows its cutout alone."""
+    import hyrax_mlops as hm
+
+    from conftest import in_store
+
+    result, cfg = demo
+    shutil.copy(demo_dir / "mlflow.db", tmp_path / "mlflow.db")  # the demo's runs, privately
+    with in_store(tmp_path):
+        hm.analyse(cfg, {"analyse.analyses": ["outliers"]}, embeddings=result["infer"].run_id)
+        import mlflow
+
+        run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment],
+                                 filter_string="tags.`hyrax.stage` = 'analyse'",
+                                 output_format="list")[0]
+        table = pd.read_parquet(mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="analysis/outliers.parquet"))
+    flagged = table.loc[table["is_outlier"], "object_id"].astype(str).tolist()
+    assert len(flagged) == 15
+    with app_server(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}") as url:
+        open_explorer(page, url)
+        xy, card = hover_point(page, among=flagged)
+        assert xy["id"] in flagged and xy["id"] in card.inner_text()
+        residual = card.locator(".hover-residual-tile img")
+        residual.wait_for()
+        assert residual.get_attribute("alt") == f"residual of {xy['id']}"
+        assert residual.get_attribute("src").startswith("data:image/png;base64,")
+        assert residual.get_attribute("src") != card.locator(".hover-tile img").get_attribute("src")
+        why = table.set_index("object_id").loc[xy["id"], "explained_by"]
+        assert f"outlier_why: {why}" in card.inner_text()
+        shot(page, "explorer-hover-residual.png")
+        ordinary = table.loc[~table["is_outlier"], "object_id"].astype(str).tolist()
+        xy, card = hover_point(page, among=ordinary)
+        page.wait_for_function(f"() => document.querySelector('.hover-card').innerText"
+                               f".includes('{xy['id']}')")
+        assert card.locator(".hover-residual-tile").count() == 0
 
 
 def test_3d_map_and_compare_view(page, app_url):
