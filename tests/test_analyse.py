@@ -297,9 +297,11 @@ def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys, monkeypatch)
     png = Image.open(io.BytesIO(base64.b64decode(maps[strongest[1]].split(",", 1)[1])))
     assert png.size == (96, 96) and np.asarray(png).std() > 0  # a picture, not a blank
     assert "residual_map" not in app.reduction(result["reduce"].run_id).columns()
-    flagged = hits[hits["is_outlier"].astype(bool)]
-    assert flagged["residual_map"].str.startswith("data:image/png;base64,").all()
-    assert hits.loc[~hits["is_outlier"].astype(bool), "residual_map"].isna().all()
+    around = hm.search_by_id(result["index"].run_id, strongest[1], 10, cfg)  # itself first
+    flagged = around["is_outlier"].astype(bool)
+    assert around["object_id"].iloc[0] == strongest[1] and flagged.iloc[0]
+    assert around.loc[flagged, "residual_map"].str.startswith("data:image/png;base64,").all()
+    assert around.loc[~flagged, "residual_map"].isna().all() and (~flagged).any()
     red = app.reduction(result["reduce"].run_id)
     row = int(red.rows_of([strongest[1]])[0])
     tile = thumbs.residual_tile(red.catalog, row, strongest[1])[0].to_plotly_json()

@@ -97,7 +97,7 @@ def outlier_table(ids: np.ndarray, x: np.ndarray, methods: list[str], k: int, se
     return table.sort_values("rank").reset_index(drop=True)
 
 
-def residual_maps(ctx: AnalysisContext, table: pd.DataFrame) -> np.ndarray:
+def residual_map_column(ctx: AnalysisContext, table: pd.DataFrame) -> np.ndarray:
     """Per object (in `ctx.ids` order): its residual map as a PNG data URI when it is among
     the flagged outliers (the first RESIDUAL_MAPS of them), else None; the app's hover card
     and search results show it beside the cutout."""
@@ -160,7 +160,7 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
                  "outlier_why": by_id["explained_by"].to_numpy()},
     )
     if ctx.residuals is not None:
-        result.columns[RESIDUAL_MAP] = residual_maps(ctx, table)
+        result.columns[RESIDUAL_MAP] = residual_map_column(ctx, table)
     if cfg.gallery and ctx.images is not None:
         from hyrax_mlops.analysis.gallery import cutout_grid
 
