@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import io
-
 import numpy as np
 from dash import html
 
 from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
-from hyrax_mlops.data.display import STRETCHES
+from hyrax_mlops.data.display import STRETCHES, png_data_uri
 
 THUMB_PX = 96
 
 
 def png_uri(rgb: np.ndarray) -> str:
-    from PIL import Image
-
-    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
-    img = img.resize((THUMB_PX, THUMB_PX), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(rgb, THUMB_PX)
 
 
 def tiles(reduction, rows: np.ndarray, stretch: str = "asinh",

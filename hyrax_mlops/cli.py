@@ -248,7 +248,9 @@ def _search(args: argparse.Namespace) -> int:
     else:
         tables = searcher.by_vector(np.load(args.vector, allow_pickle=False), args.k)
     cols = ["rank", "object_id", "distance"]
-    images = ["residual_map"]  # PNG data URIs: for notebooks and the app, not the terminal
+    from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
+
+    images = [RESIDUAL_MAP]  # PNG data URIs: for notebooks and the app, not the terminal
     for table in tables:
         extra = [c for c in args.columns.split(",") if c] or [
             c for c in table.columns if c not in cols + images][:4]

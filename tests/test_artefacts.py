@@ -149,11 +149,15 @@ def line_mask(shape: tuple[int, ...], info: dict) -> np.ndarray:
     return mask
 
 
-def test_hot_column_is_high_along_one_column_or_row_of_one_band(stamps):
+def each_line(stamps, kind: str):
+    """For each stamp, `kind` injected: (stamp, new, info, band, (lo, hi), its line mask)."""
     for i, s in enumerate(stamps):
-        new, info = inject(s, "hot_column", np.random.default_rng(i), ceiling=CEILING)
-        b, (lo, hi) = info["bands"][0], info["span"]
-        mask = line_mask(s.shape, info)
+        new, info = inject(s, kind, np.random.default_rng(i), ceiling=CEILING)
+        yield s, new, info, info["bands"][0], info["span"], line_mask(s.shape, info)
+
+
+def test_hot_column_is_high_along_one_column_or_row_of_one_band(stamps):
+    for s, new, info, b, (lo, hi), mask in each_line(stamps, "hot_column"):
         line = new[mask]
         floor, sigma = info["floor"][b], info["noise"][b]
         level = floor + info["sigma_multiple"] * sigma
@@ -165,10 +169,7 @@ def test_hot_column_is_high_along_one_column_or_row_of_one_band(stamps):
 
 
 def test_dead_column_is_zero_or_floor_along_a_column(stamps):
-    for i, s in enumerate(stamps):
-        new, info = inject(s, "dead_column", np.random.default_rng(i), ceiling=CEILING)
-        b, (lo, hi) = info["bands"][0], info["span"]
-        mask = line_mask(s.shape, info)
+    for s, new, info, b, (lo, hi), mask in each_line(stamps, "dead_column"):
         line = new[mask]
         fill = 0.0 if info["fill"] == "zero" else info["floor"][b]
         assert np.all(line == np.float32(fill))

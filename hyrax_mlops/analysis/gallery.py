@@ -3,8 +3,6 @@ object's residual map as a small PNG, to show beside its cutout wherever it is l
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from collections.abc import Sequence
 
@@ -14,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hyrax_mlops.data.display import stretch  # noqa: E402
+from hyrax_mlops.data.display import png_data_uri, stretch  # noqa: E402
 
 
 def cutout_grid(cubes: np.ndarray, titles: Sequence[str], suptitle: str = "",
@@ -54,12 +52,6 @@ def residual_magnitude(residual: np.ndarray) -> np.ndarray:
 def residual_png_uri(residual: np.ndarray, size: int = 96) -> str:
     """A (bands, h, w) residual as a PNG data URI, `size` pixels a side: its magnitude in
     the gallery's colours (magma; black: nothing left over, bright: what the model missed)."""
-    from PIL import Image
-
     mag = residual_magnitude(residual)
     top = float(np.percentile(mag, 99.5)) or 1.0
-    rgb = plt.get_cmap("magma")(np.clip(mag / top, 0, 1))[..., :3]
-    img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((size, size), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return png_data_uri(plt.get_cmap("magma")(np.clip(mag / top, 0, 1))[..., :3], size)

@@ -1,8 +1,23 @@
-"""Display stretches for cutouts: per-band asinh, RGB composite for three bands."""
+"""Display stretches for cutouts: per-band asinh, RGB composite for three bands; and an
+RGB image as a small PNG data URI, for web pages and notebooks."""
 
 from __future__ import annotations
 
+import base64
+import io
+
 import numpy as np
+
+
+def png_data_uri(rgb: np.ndarray, size: int) -> str:
+    """(h, w, 3) in [0, 1] -> a PNG data URI `size` pixels a side (nearest-neighbour, so
+    pixels stay pixels)."""
+    from PIL import Image
+
+    img = Image.fromarray((np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    buf = io.BytesIO()
+    img.resize((size, size), Image.NEAREST).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def linear(cube: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
