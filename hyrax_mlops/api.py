@@ -103,11 +103,15 @@ def _embeddings(cfg: Config) -> str:
 
 
 def index(config: ConfigLike = None, overrides: Overrides = None, *,
-          embeddings: str | None = None, force: bool = False):
+          embeddings: str | None = None, analysis: str | None = None, force: bool = False):
+    """Index an infer run's embeddings (`embeddings`, default: made or reused from the
+    config). With `index.vectors = "auto"` (the default) they are joined with the anomaly
+    signature of an analyse run of the same embeddings: `analysis`, or the newest that
+    measured stamp statistics, if any."""
     from hyrax_mlops.stages import index as stage
 
     cfg = load_config(config, overrides)
-    return stage.run(cfg, embeddings or _embeddings(cfg), force=force)
+    return stage.run(cfg, embeddings or _embeddings(cfg), analyse_run_id=analysis, force=force)
 
 
 def reduce(config: ConfigLike = None, overrides: Overrides = None, *,

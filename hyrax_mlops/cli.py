@@ -24,7 +24,10 @@ _INPUTS = {
     "tune": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
     "infer": [("--train-run", "train run id (default: infer.model, else from the config)"),
               ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
-    "index": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
+    "index": [("--embeddings", "infer run id (default: make or reuse it from the config)"),
+              ("--analysis", "analyse run of the same infer run whose stamp statistics join "
+                             "the vectors (index.vectors=auto; default: its newest that "
+                             "measured them, if any)")],
     "reduce": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
     "analyse": [("--embeddings", "infer run id (default: make or reuse it from the config)"),
                 ("--map", "reduce run id of the same infer run: its 2D map is clustered "
@@ -154,7 +157,7 @@ def _run_stage(args: argparse.Namespace) -> int:
     import hyrax_mlops as hm
 
     kw = {"force": args.force}
-    for name in ("dataset", "train_run", "embeddings", "map", "resume"):
+    for name in ("dataset", "train_run", "embeddings", "map", "analysis", "resume"):
         if getattr(args, name, None):
             kw[name] = getattr(args, name)
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)
@@ -181,7 +184,20 @@ def _stage_next(result) -> list[str]:
                   f"hyrax-mlops reduce --embeddings {rid}"],
         "index": [f"hyrax-mlops search --run {rid} --id OBJECT_ID -k 10"],
         "reduce": ["hyrax-mlops app      # the maps, interactive"],
+        "analyse": _analyse_next(rid) if result.stage == "analyse" else [],
     }.get(result.stage, [])
+
+
+def _analyse_next(rid: str) -> list[str]:
+    """After an analyse run that measured stamp statistics: index them with its embeddings."""
+    from hyrax_mlops.stages.index import measured_statistics
+    from hyrax_mlops.tracking import TAG_INPUT, get_run
+
+    run = get_run(rid)
+    if not measured_statistics(run):
+        return []
+    return [f"hyrax-mlops index --embeddings {run.data.tags[TAG_INPUT + 'embeddings']} "
+            f"--analysis {rid}   # look-alikes that depart the same way"]
 
 
 def _example_id(result, cfg) -> str:
@@ -367,16 +383,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entrypoint(stage: str, argv: Sequence[str] | None = None) -> int:
     """MLproject entry point: `--config`, `--overrides "a.b=1 c.d=2"`, `--force true|false`
-    (and, for analyse, `--embeddings RUN` / `--map RUN`, "" = from the config)."""
+    (and, for index and analyse, `--embeddings RUN`, for analyse `--map RUN`, for index
+    `--analysis RUN`; "" = from the config)."""
     p = argparse.ArgumentParser(prog=f"entrypoints/{stage}.py")
     p.add_argument("--config", default="")
     p.add_argument("--overrides", default="")
     p.add_argument("--force", default="false")
-    p.add_argument("--embeddings", default="", help="analyse: infer run id")
+    p.add_argument("--embeddings", default="", help="index, analyse: infer run id")
     p.add_argument("--map", default="", help="analyse: reduce run id")
+    p.add_argument("--analysis", default="", help="index: analyse run id")
     args = p.parse_args(argv)
     cli = [stage]
-    for name in ("embeddings", "map"):
+    for name in ("embeddings", "map", "analysis"):
         if getattr(args, name):
             cli += [f"--{name}", getattr(args, name)]
     for item in shlex.split(args.overrides.replace(";", " ")):

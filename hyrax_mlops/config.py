@@ -280,6 +280,7 @@ class IndexConfig(_Section):
     url: str = ""
     path: str = ""
     metric: Literal["cosine", "l2", "ip"] = "cosine"
+    vectors: Literal["auto", "embeddings"] = "auto"
     ef_construction: int = Field(200, ge=1)
     ef_search: int = Field(200, ge=1)
     max_neighbors: int = Field(32, ge=2)

@@ -5,6 +5,11 @@ the index a run points to.
 (the newest index run of its embeddings). Results come back with the catalog rows and, when
 `analyse` runs of the same embeddings exist, their per-object columns (outlier score, cluster,
 crossmatched reference label), the newest value of each column.
+
+An index whose vectors are joined with the anomaly signature (analysis.signature) answers the
+same queries: a stored object's vector already holds it; an external cutout's is measured with
+the run's model and scaled as the indexed objects were; a plain embedding vector is taken as
+an object that departs in nothing.
 """
 
 from __future__ import annotations
@@ -132,14 +137,22 @@ class Searcher:
         self.collection = name
         self.metric = run.data.params.get("index.metric")  # what its distances mean
         self.index_run_id = run.info.run_id
+        self.signature, self.embedding_dim = _signature(run, self.cfg)
         self.embeddings_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
         dataset = input_run(run, "dataset")
         self.catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, self.cfg)).catalog
         self.catalog = with_analysis_columns(self.catalog, self.embeddings_run_id, self.cfg)
 
     def by_vector(self, vectors: np.ndarray, k: int = 10) -> list[pd.DataFrame]:
+        """Neighbours of vectors as the index holds them or, for a joined index, of plain
+        embeddings (taken as departing in nothing: the signature's part is zeros)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        return [self._table(hits) for hits in self.index.query(vectors, k)]
+        if self.signature is not None and vectors.shape[1] == self.embedding_dim:
+            from hyrax_mlops.analysis.signature import joined
+
+            vectors = joined(vectors, np.zeros((len(vectors), len(self.signature.names)),
+                                               np.float32))
+        return [self._table(hits) for hits in self.index.query(vectors, int(k))]
 
     def by_id(self, object_ids: Sequence[str], k: int = 10) -> list[pd.DataFrame]:
         try:
@@ -185,7 +198,12 @@ class Searcher:
         if cube.shape != shape:
             raise HyraxError(f"cutout '{path}' is {list(cube.shape)}; the model of run "
                              f"{model_run} takes {list(shape)} (bands, h, w)")
-        return embed_cutouts(loaded.model, loaded.normalizer, cube[None])[0]
+        vector, _ = embed_cutouts(loaded.model, loaded.normalizer, cube[None])  # (1, dim)
+        if self.signature is None:
+            return vector
+        from hyrax_mlops.analysis.signature import joined
+
+        return joined(vector, self.signature.values(cutout_statistics(loaded, cube)))
 
     def by_cutout(self, path: str, k: int = 10) -> pd.DataFrame:
         """Neighbours of an external FITS cutout, embedded with the run's own model."""
@@ -195,6 +213,36 @@ class Searcher:
         res = pd.DataFrame(hits, columns=["object_id", "distance"])
         res.insert(0, "rank", np.arange(1, len(res) + 1))
         return res.merge(self.catalog, on="object_id", how="left")
+
+
+def _signature(index_run, cfg: Config):
+    """(Signature, embedding dimension) of an index run whose vectors are joined with the
+    anomaly signature; (None, None) for one that holds the embeddings alone."""
+    from hyrax_mlops.analysis.signature import Signature
+    from hyrax_mlops.stages.index import INDEX_JSON, TAG_VECTORS
+
+    if index_run.data.tags.get(TAG_VECTORS) != "joined":
+        return None, None
+    with open(fetch_artifacts(index_run.info.run_id, INDEX_JSON, cfg)) as f:
+        recipe = json.load(f)["signature"]
+    return Signature.from_dict(recipe), int(recipe["embedding_dim"])
+
+
+def cutout_statistics(loaded, cube: np.ndarray) -> dict[str, np.ndarray]:
+    """The stamp statistics of one raw (bands, h, w) cutout, normalised with the model's own
+    transform, and of its residual when the model reconstructs its input: what analyse
+    measures for every object of a dataset."""
+    import torch
+
+    from hyrax_mlops.analysis.stamp_statistics import stamp_statistics
+    from hyrax_mlops.engine.inference import can_reconstruct
+
+    x = torch.from_numpy(loaded.normalizer.apply(np.array(cube[None], dtype=np.float32)))
+    residual = None
+    if can_reconstruct(loaded.model):
+        with torch.no_grad():
+            residual = loaded.model.eval().reconstruct({"image": x}) - x
+    return stamp_statistics(x, residual, stretch=loaded.normalizer.method)
 
 
 def search_by_id(run_id: str, object_id: str, k: int = 10, cfg: Config | None = None):

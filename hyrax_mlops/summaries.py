@@ -193,6 +193,11 @@ def _index(run) -> list[str]:
     where = json.loads(run.data.tags.get("hyrax.index.location", "{}") or "{}")
     backend = where.get("backend") or p.get("index.backend", "?")
     lines = [f"{_int(m, 'n_vectors')} vectors in {backend} ({p.get('index.metric', '?')})"]
+    statistics = run.data.tags.get("hyrax.input.statistics")
+    if run.data.tags.get("hyrax.index.vectors") == "joined" and statistics:
+        lines.append(f"each the embedding joined with its anomaly signature (the stamp "
+                     f"statistics of analyse run {statistics}): look-alikes of an artefact "
+                     "are artefacts like it")
     if recall:
         lines.append(f"recall@{recall[0][len('recall_at_'):]} {num(recall[1], 3)} "
                      "against exact search")

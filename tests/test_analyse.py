@@ -4,6 +4,7 @@ transients with their real host galaxies."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hyrax_mlops.analysis.crossmatch import crossmatch, match_greedy, match_near
 from hyrax_mlops.cli import entrypoint, main
 from hyrax_mlops.config import load_config
 from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-from hyrax_mlops.errors import ConfigError
+from hyrax_mlops.errors import ConfigError, LineageError
 from hyrax_mlops.tracking import fetch_artifacts
 
 from conftest import DATA, in_store
@@ -82,21 +83,32 @@ def artifact_table(run_id: str, path: str, cfg) -> pd.DataFrame:
 # --------------------------------------------------------------------------- outliers
 
 
-def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path):
+@pytest.fixture(scope="module")
+def injected(demo, demo_dir, tmp_path_factory):
+    """The demo's stamps as a user's own FITS folder, 5 % of them with an injected artefact
+    (rng 7), through ingest -> train -> infer -> analyse (outliers) as a user would run it:
+    (folder, cfg, analyse run, injected rows, their kinds, cubes, catalog)."""
     result, demo_cfg = demo
     with in_store(demo_dir):
         cubes, catalog = demo_stamps(result, demo_cfg)
     rows, kinds = inject(cubes, np.random.default_rng(7), round(0.05 * len(cubes)))
-    write_user_dir(tmp_path, cubes, catalog[["object_id", "flux", "r_half", "peak"]])
-    top = int(0.1 * len(cubes))
-    injected = catalog["object_id"].to_numpy()[rows]
-
-    with in_store(tmp_path):
+    folder = tmp_path_factory.mktemp("injected")
+    write_user_dir(folder, cubes, catalog[["object_id", "flux", "r_half", "peak"]])
+    with in_store(folder):
         cfg = load_config(None, {
             **SMALL_MODEL, "pipeline.dataset": "ingest", "ingest.cutouts_dir": "cutouts",
             "ingest.catalog": "catalog.csv", "train.epochs": 20, "train.lr": 0.005,
             "analyse.analyses": ["outliers"]})  # default methods: "auto" -> "residual" here
         run = hm.analyse(cfg)  # ingest -> train -> infer -> analyse, as a user would
+    return folder, cfg, run, rows, kinds, cubes, catalog
+
+
+def test_injected_artefacts_rank_among_the_top_outliers(injected):
+    folder, cfg, run, rows, kinds, cubes, catalog = injected
+    top = int(0.1 * len(cubes))
+    injected = catalog["object_id"].to_numpy()[rows]
+
+    with in_store(folder):
         assert mlflow.get_run(run.run_id).data.params["analyse.outlier_methods"] == \
             '["residual"]'
         analysed = mlflow.get_run(run.run_id)
@@ -147,6 +159,64 @@ def test_injected_artefacts_rank_among_the_top_outliers(demo, demo_dir, tmp_path
     assert set(statistics["object_id"]) == set(catalog["object_id"])
     assert {"sharp_pixel", "residual_line", "flat_run_one_band",
             "reconstruction_error"} <= set(statistics.columns)
+
+
+def test_lookalikes_of_an_artefact_are_artefacts_of_its_kind(injected, capsys):
+    """The index joins the embeddings with the anomaly signature of the analyse run's stamp
+    statistics (index.vectors = "auto", the default): from an injected artefact, most of the
+    neighbours that could share its kind do, by id and from its FITS file as a user holds it.
+    The embeddings alone scatter the artefacts among the galaxies."""
+    from hyrax_mlops.search import Searcher
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    folder, cfg, run, rows, kinds, cubes, catalog = injected
+    ids = catalog["object_id"].astype(str).to_numpy()
+    kind_of = dict(zip(ids[rows], kinds, strict=True))
+    k = min(np.unique(kinds, return_counts=True)[1]) - 1  # all the others of the rarest kind
+
+    def same_kind(searcher) -> float:
+        shares = []
+        for oid, hits in zip(ids[rows], searcher.by_id(list(ids[rows]), k + 1), strict=True):
+            others = [o for o in hits["object_id"] if o != oid][:k]
+            shares.append(np.mean([kind_of.get(o) == kind_of[oid] for o in others]))
+        return float(np.mean(shares))
+
+    with in_store(folder):
+        infer_run = mlflow.get_run(run.run_id).data.tags["hyrax.input.embeddings"]
+        knn_only = hm.analyse(cfg, {"analyse.outlier_methods": ["knn"]}, embeddings=infer_run)
+        with pytest.raises(LineageError, match="measured no stamp statistics"):
+            hm.index(cfg, embeddings=infer_run, analysis=knn_only.run_id)
+        capsys.readouterr()
+        # a user's command: the default finds the newest analyse run that measured statistics
+        assert main(["index", "--embeddings", infer_run]) == 0
+        said = capsys.readouterr().out
+        joined_run = hm.index(cfg, embeddings=infer_run)  # the same run, reused
+        plain_run = hm.index(cfg, {"index.vectors": "embeddings"}, embeddings=infer_run)
+        tags = mlflow.get_run(joined_run.run_id).data.tags
+        recipe = json.loads(Path(fetch_artifacts(joined_run.run_id, "index.json", cfg))
+                            .read_text())["signature"]
+        joined, plain = Searcher(joined_run.run_id, cfg), Searcher(plain_run.run_id, cfg)
+        joined_share, plain_share = same_kind(joined), same_kind(plain)
+        ray = ids[rows][kinds == "cosmic_rays"][0]
+        from_file = joined.by_cutout(str(folder / "cutouts" / f"{ray}.fits"), k + 1)
+        emb_ids, vectors = read_embeddings(infer_run, cfg)
+        plain_query = joined.by_vector(vectors[0], 3)[0]
+    print(f"\nlook-alike precision ({k} neighbours, {len(rows)} artefacts): joined index "
+          f"{joined_share:.2f}, embeddings alone {plain_share:.2f}")
+    assert joined_run.reused and joined_run.run_id in said
+    assert f"anomaly signature (the stamp statistics of analyse run {run.run_id})" in said
+    assert tags["hyrax.index.vectors"] == "joined"
+    assert tags["hyrax.input.statistics"] == run.run_id
+    assert {"sharp_pixel", "straight_line", "residual_energy"} <= set(recipe["names"])
+    assert recipe["embedding_dim"] == SMALL_MODEL["model.latent_dim"]
+    assert mlflow.get_run(plain_run.run_id).data.tags["hyrax.index.vectors"] == "embeddings"
+    assert joined_share >= 0.6 and joined_share > plain_share + 0.3
+    # the cutout file, measured with the run's model as analyse measured it: itself first
+    assert from_file["object_id"].iloc[0] == ray
+    assert from_file["distance"].iloc[0] == pytest.approx(0, abs=1e-4)
+    assert (from_file["object_id"].iloc[1:].map(kind_of) == "cosmic_rays").mean() >= 0.5
+    # a plain embedding is an object that departs in nothing
+    assert plain_query["object_id"].iloc[0] == str(emb_ids[0])
 
 
 def test_outlier_scores_match_direct_sklearn_calls():
@@ -266,6 +336,10 @@ def test_the_demo_analysis_says_what_it_found(demo_sandbox, capsys, monkeypatch)
     run = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
                              filter_string="tags.`hyrax.stage` = 'analyse'")[0]
     assert run.data.metrics["clusters.n_clusters"] == int(found[1])
+    # what to run next: its statistics joined into the index of the same embeddings
+    assert out.rstrip().splitlines()[-1] == (
+        f"  next: hyrax-mlops index --embeddings {infer} --analysis {run.info.run_id}   "
+        "# look-alikes that depart the same way")
     top = artifact_table(run.info.run_id, "analysis/outliers.parquet", cfg).iloc[0]
     assert (top["object_id"], f"{top['outlier_score']:.3f}") == (strongest[1], strongest[2])
 

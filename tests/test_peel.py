@@ -96,9 +96,15 @@ def test_a_selection_file_is_removed_in_the_first_round(demo_sandbox, tmp_path: 
 def test_the_pipeline_can_end_with_an_analysis(demo_sandbox):
     result, cfg = demo_sandbox
     again = hm.pipeline(cfg, {"pipeline.analyse": True})
-    for stage in ("dataset", "train", "infer", "index", "reduce"):
+    for stage in ("dataset", "train", "infer", "reduce"):
         assert again[stage].reused and again[stage].run_id == result[stage].run_id
     analysed = mlflow.get_run(again["analyse"].run_id)
+    # the index comes after analyse now: its vectors joined with the analysis's statistics
+    index = mlflow.get_run(again["index"].run_id)
+    assert not again["index"].reused and again["index"].run_id != result["index"].run_id
+    assert index.data.tags["hyrax.input.statistics"] == analysed.info.run_id
+    assert index.data.tags["hyrax.index.vectors"] == "joined"
+    assert list(again.stages) == ["dataset", "train", "infer", "reduce", "analyse", "index"]
     assert analysed.data.tags["hyrax.input.map"] == result["reduce"].run_id
     assert analysed.data.tags["mlflow.parentRunId"] == again.run_id
     assert mlflow.get_run(again.run_id).data.tags["hyrax.stage_run.analyse"] == analysed.info.run_id

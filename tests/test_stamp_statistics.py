@@ -127,3 +127,32 @@ def test_robust_z_is_in_units_of_the_upper_tail_and_falls_back_to_the_spread():
     quantised = np.array([0.0] * 99 + [1.0])  # no upper tail: the standard deviation instead
     assert robust_z(quantised)[-1] == pytest.approx(1.0 / quantised.std())
     assert not robust_z(np.full(5, 3.0)).any()
+
+
+def test_the_anomaly_signature_is_zero_for_the_ordinary_and_names_what_departs(stamps):
+    """The index's joined part (analysis.signature) on the statistics of real stamps: ordinary
+    stamps get zeros, a stamp with a hit gets its weight in the hit's statistics, and a later
+    query (one stamp, one statistic unmeasured) is scaled as the population was."""
+    import pandas as pd
+
+    from hyrax_mlops.analysis.signature import THRESHOLD, Signature, joined
+
+    cubes = stamps.copy()
+    cubes[5, 1, 30, 30] = cubes[5].max() * 4  # a one-pixel hit in one band
+    table = pd.DataFrame(stamp_statistics(normalised(cubes), stretch="asinh"))
+    table["object_id"], table["reconstruction_error"] = [f"X{i:03d}" for i in range(48)], 1.0
+    signature = Signature.fit(table)
+    assert "object_id" not in signature.names and "reconstruction_error" not in signature.names
+    values = signature.values(table)
+    assert values.shape == (48, len(signature.names)) and (values >= 0).all()
+    assert np.median((values > 0).sum(axis=1)) == 0  # most stamps depart in nothing
+    hit = dict(zip(signature.names, values[5], strict=True))
+    assert hit["sharp_pixel"] == max(hit.values()) > np.log1p(3)  # z beyond THRESHOLD + 3
+    again = Signature.from_dict(signature.to_dict())
+    assert again == signature and signature.to_dict()["threshold"] == THRESHOLD
+    one = {k: v[5:6] for k, v in table.items() if k != "straight_line"}  # one unmeasured
+    assert np.allclose(again.values(one), np.where(
+        np.array(signature.names) == "straight_line", 0, values[5]))
+    vectors = joined(np.full((48, 4), 3.0), values)
+    assert np.allclose(np.linalg.norm(vectors[:, :4], axis=1), 1.0)
+    assert np.array_equal(vectors[:, 4:], values)

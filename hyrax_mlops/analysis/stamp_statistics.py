@@ -237,18 +237,31 @@ def stamp_statistics(images: torch.Tensor, residuals: torch.Tensor | None = None
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
 
 
-def robust_z(values: np.ndarray) -> np.ndarray:
-    """(v - median) / the spread of the upper tail: (97.5th percentile - median) / 1.96, the
-    Gaussian sigma when the tail is Gaussian. A statistic whose ordinary objects already
-    reach far (the longest line through a large galaxy) counts less per unit than one whose
-    ordinary objects all sit close together (the residual of a missing band). The standard
-    deviation when that spread is 0, zeros when both are."""
+def robust_scale(values: np.ndarray) -> tuple[float, float]:
+    """(median, spread of the upper tail): (97.5th percentile - median) / 1.96, the Gaussian
+    sigma when the tail is Gaussian; the standard deviation when that spread is 0, and 0
+    when both are. NaNs are left out."""
     v = np.asarray(values, dtype=np.float64)
-    med = np.nanmedian(v)
-    scale = (np.nanpercentile(v, 97.5) - med) / 1.96
+    if not np.isfinite(v).any():
+        return 0.0, 0.0
+    med = float(np.nanmedian(v))
+    scale = float((np.nanpercentile(v, 97.5) - med) / 1.96)
     if not scale > 0:
-        scale = np.nanstd(v)
-    return np.zeros_like(v) if not scale > 0 else (v - med) / scale
+        scale = float(np.nanstd(v))
+    return med, scale if scale > 0 else 0.0
+
+
+def robust_z(values: np.ndarray, median: float | None = None,
+             scale: float | None = None) -> np.ndarray:
+    """(v - median) / the spread of the upper tail (`robust_scale`, of `values` unless both
+    are given: a population measured before). A statistic whose ordinary objects already
+    reach far (the longest line through a large galaxy) counts less per unit than one whose
+    ordinary objects all sit close together (the residual of a missing band). Zeros where the
+    spread is 0."""
+    v = np.asarray(values, dtype=np.float64)
+    if median is None or scale is None:
+        median, scale = robust_scale(v)
+    return np.zeros_like(v) if not scale > 0 else (v - median) / scale
 
 
 def significance(statistics: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

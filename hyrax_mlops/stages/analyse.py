@@ -107,6 +107,7 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
 
 SUMMARY_TOP = 5  # top outliers named in the summary
 STATISTICS_TABLE = "analysis/stamp_statistics.parquet"
+STATISTICS_METRIC = "stamp_statistics"  # how many an analyse run measured (index joins them)
 
 
 @formatter("analyse")
@@ -363,6 +364,9 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
         with tempfile.TemporaryDirectory(prefix="hyrax-statistics-") as tmp:
             _log_table(ctx.statistics.assign(object_id=ids), STATISTICS_TABLE, Path(tmp))
         mlflow.log_metric("statistics_seconds", time.perf_counter() - start)
+        measured = [c for c in ctx.statistics.columns if c != "reconstruction_error"]
+        if measured:
+            mlflow.log_metric(STATISTICS_METRIC, len(measured))
 
     outputs: dict[str, str] = {}
     notes: list[str] = []

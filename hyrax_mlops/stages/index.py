@@ -1,4 +1,7 @@
-"""`index`: upsert an infer run's embeddings into a vector store, with catalog metadata."""
+"""`index`: upsert an infer run's embeddings into a vector store, with catalog metadata; with
+`index.vectors = "auto"` and an analyse run of the same embeddings that measured stamp
+statistics, each vector is the unit embedding joined with its anomaly signature
+(analysis.signature), so look-alikes of an artefact are artefacts of its kind."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name, legacy_collect
 SECTIONS = ("index",)
 TAG_LOCATION = "hyrax.index.location"
 TAG_COLLECTION = "hyrax.index.collection"
+TAG_VECTORS = "hyrax.index.vectors"  # "embeddings" or "joined" (with the anomaly signature)
 _RECALL_QUERIES = 200
+INDEX_JSON = "index.json"  # the run's artifact: collection, metric, location, signature
 
 
 def backend(cfg: Config):
@@ -24,14 +29,55 @@ def backend(cfg: Config):
         raise ConfigError(f"config key 'index.backend': {exc}") from None
 
 
-def run(cfg: Config, infer_run_id: str, *, force: bool = False,
-        parent_run_id: str | None = None) -> StageRun:
+def measured_statistics(analyse_run) -> bool:
+    """Whether an analyse run measured stamp statistics (not only the reconstruction error)."""
+    from hyrax_mlops.stages.analyse import STATISTICS_METRIC
+
+    return bool(analyse_run.data.metrics.get(STATISTICS_METRIC))
+
+
+def statistics_run(cfg: Config, infer_run_id: str, analyse_run_id: str | None) -> str | None:
+    """The analyse run whose stamp statistics join the vectors: none with `index.vectors =
+    "embeddings"`; else `analyse_run_id` (it must have analysed these embeddings and measured
+    statistics), or by default the newest FINISHED analyse run of these embeddings that did."""
+    from mlflow.tracking import MlflowClient
+
+    from hyrax_mlops.errors import LineageError
+    from hyrax_mlops.stages.analyse import STATISTICS_METRIC
+    from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE
+
+    if cfg.index.vectors == "embeddings":
+        return None
+    if analyse_run_id:
+        run = get_run(analyse_run_id, "analyse")
+        if run.data.tags.get(TAG_INPUT + "embeddings") != infer_run_id:
+            raise LineageError(f"analyse run {analyse_run_id} analysed other embeddings than "
+                               f"{infer_run_id}: pass an analyse run of the same infer run.")
+        if not measured_statistics(run):
+            raise LineageError(f"analyse run {analyse_run_id} measured no stamp statistics "
+                               "(its outlier methods were neither \"residual\" nor \"pixels\"); "
+                               "index the embeddings alone with index.vectors=embeddings.")
+        return analyse_run_id
+    found = MlflowClient().search_runs(
+        [get_run(infer_run_id).info.experiment_id],
+        f"tags.`{TAG_STAGE}` = 'analyse' AND tags.`{TAG_INPUT}embeddings` = '{infer_run_id}' "
+        f"AND attributes.status = 'FINISHED' AND metrics.{STATISTICS_METRIC} > 0",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def run(cfg: Config, infer_run_id: str, *, analyse_run_id: str | None = None,
+        force: bool = False, parent_run_id: str | None = None) -> StageRun:
     backend_cls = backend(cfg)
     dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
-    name = collection_name(infer_run_id, cfg.index)
-    spec = StageSpec("index", SECTIONS,
-                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id},
-                     name=f"index-{cfg.index.backend}-{cfg.index.metric}")
+    statistics = statistics_run(cfg, infer_run_id, analyse_run_id)
+    name = collection_name(infer_run_id, cfg.index, statistics)
+    inputs = {"embeddings": infer_run_id, "dataset": dataset_run_id}
+    if statistics:
+        inputs["statistics"] = statistics
+    spec = StageSpec("index", SECTIONS, inputs=inputs,
+                     name=f"index-{cfg.index.backend}-{cfg.index.metric}"
+                          + ("-joined" if statistics else ""))
 
     def still_there(run) -> bool:
         """A reused index run is only good if its collection still holds every vector. A
@@ -43,7 +89,7 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
         return size is not None and size == run.data.metrics.get("n_vectors")
 
     def body(run_id: str) -> None:
-        _index(cfg, backend_cls, name, infer_run_id, dataset_run_id)
+        _index(cfg, backend_cls, name, infer_run_id, dataset_run_id, statistics)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id,
                      still_valid=still_there)
@@ -79,7 +125,28 @@ def exact_recall(vectors: np.ndarray, found: list[list[str]], ids: np.ndarray, q
     return float(np.sum(hits) / (k * len(queries)))
 
 
-def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_id: str) -> None:
+def joined_vectors(cfg: Config, ids: np.ndarray, embeddings: np.ndarray,
+                   analyse_run_id: str) -> tuple[np.ndarray, dict | None]:
+    """The embeddings joined with the anomaly signature of the analyse run's statistics (in
+    the order of `ids`), and the signature's recipe for queries measured later."""
+    import pandas as pd
+
+    from hyrax_mlops.analysis.signature import Signature, joined
+    from hyrax_mlops.stages.analyse import STATISTICS_TABLE
+    from hyrax_mlops.tracking import fetch_artifacts
+
+    table = pd.read_parquet(fetch_artifacts(analyse_run_id, STATISTICS_TABLE, cfg))
+    table = table.set_index(table["object_id"].astype(str)).reindex(ids.astype(str))
+    signature = Signature.fit(table)
+    if not signature.names:  # an analyse run that measured the reconstruction error alone
+        return embeddings, None
+    return joined(embeddings, signature.values(table)), {
+        **signature.to_dict(), "embedding_dim": int(embeddings.shape[1]),
+        "statistics_run": analyse_run_id}
+
+
+def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_id: str,
+           statistics_run_id: str | None) -> None:
     import time
 
     import mlflow
@@ -87,6 +154,9 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
     from hyrax_mlops.stages.infer import read_embeddings
 
     ids, vectors = read_embeddings(infer_run_id, cfg)
+    signature = None
+    if statistics_run_id:
+        vectors, signature = joined_vectors(cfg, ids, vectors, statistics_run_id)
     meta = _metadata(cfg, dataset_run_id, ids)
     index = backend_cls.open(cfg.index, name, create=True)
     start = time.perf_counter()
@@ -98,10 +168,12 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
     found = [[i for i, _ in hits] for hits in index.query(vectors[queries], k)]
     recall = exact_recall(vectors, found, ids, queries, k, cfg.index.metric)
     location = index.location()
-    mlflow.set_tags({TAG_LOCATION: json.dumps(location), TAG_COLLECTION: name})
+    mlflow.set_tags({TAG_LOCATION: json.dumps(location), TAG_COLLECTION: name,
+                     TAG_VECTORS: "joined" if signature else "embeddings"})
     mlflow.log_dict({"collection": name, "metric": cfg.index.metric,
                      "identity": {"backend": cfg.index.backend,
-                                  **backend_cls.identity(cfg.index)}, **location},
-                    "index.json")
+                                  **backend_cls.identity(cfg.index)}, **location,
+                     **({"signature": signature} if signature else {})},
+                    INDEX_JSON)
     mlflow.log_metrics({"n_vectors": index.count(), "insert_s": elapsed,
                         f"recall_at_{k}": recall})

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.stages import analyse, download, index, infer, ingest, reduce, train
-from hyrax_mlops.tracking import TAG_REUSED, TAG_STAGE_RUN, StageRun, StageSpec, run_stage
+from hyrax_mlops.tracking import (
+    TAG_REUSED,
+    TAG_STAGE_RUN,
+    StageRun,
+    StageSpec,
+    get_run,
+    run_stage,
+)
 
 ALL_SECTIONS = tuple(Config.model_fields)
 
@@ -63,13 +70,18 @@ def run(cfg: Config, *, force: bool = False) -> PipelineResult:
         steps["train"] = train.run(cfg, dataset_id, force=force, parent_run_id=parent)
         steps["infer"] = infer.run(cfg, train_run_id=steps["train"].run_id,
                                    dataset_run_id=dataset_id, force=force, parent_run_id=parent)
-        steps["index"] = index.run(cfg, steps["infer"].run_id, force=force, parent_run_id=parent)
         steps["reduce"] = reduce.run(cfg, steps["infer"].run_id, force=force,
                                      parent_run_id=parent)
         if cfg.pipeline.analyse:  # on the map just made, when it has a 2D one
             map_run = steps["reduce"].run_id if 2 in cfg.reduce.dims else None
             steps["analyse"] = analyse.run(cfg, steps["infer"].run_id, reduce_run_id=map_run,
                                            force=force, parent_run_id=parent)
+        # after analyse: its stamp statistics join the vectors (index.vectors = "auto")
+        analysed = steps["analyse"].run_id if "analyse" in steps else None
+        if analysed and not index.measured_statistics(get_run(analysed)):
+            analysed = None
+        steps["index"] = index.run(cfg, steps["infer"].run_id, analyse_run_id=analysed,
+                                   force=force, parent_run_id=parent)
         for name, step in steps.items():
             mlflow.set_tag(TAG_STAGE_RUN + name, step.run_id)
             mlflow.set_tag(TAG_REUSED + name, str(step.reused).lower())

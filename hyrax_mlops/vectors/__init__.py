@@ -30,11 +30,15 @@ __all__ = ["VECTOR_BACKENDS", "CollectionNotFound", "IndexUnreachable", "VectorI
 _MAX_NAME = 512  # Chroma: 3-512 characters of [A-Za-z0-9._-], alphanumeric at both ends
 
 
-def collection_name(infer_run_id: str, cfg: IndexConfig) -> str:
-    """The collection for `infer_run_id`'s embeddings indexed with `cfg`: its name changes with
-    every setting that changes the collection's content (see each backend's `identity`)."""
+def collection_name(infer_run_id: str, cfg: IndexConfig, statistics_run_id: str | None = None
+                    ) -> str:
+    """The collection for `infer_run_id`'s embeddings indexed with `cfg` (joined with the
+    statistics of `statistics_run_id`, when given): its name changes with every setting that
+    changes the collection's content (see each backend's `identity`)."""
     backend = VECTOR_BACKENDS.get(cfg.backend)
     settings = {"backend": cfg.backend, **backend.identity(cfg)}
+    if statistics_run_id:
+        settings["statistics"] = statistics_run_id
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     safe = re.sub(r"[^A-Za-z0-9_-]+", "_", cfg.backend)[:40]
     return f"hyrax-{infer_run_id}-{safe}-{cfg.metric}-{digest}"[:_MAX_NAME]
