@@ -12,7 +12,7 @@ from typing import Any
 
 from hyrax_mlops.config import Config, with_overrides
 from hyrax_mlops.config import load_config as _load
-from hyrax_mlops.tracking import upstream
+from hyrax_mlops.run_context import upstream
 
 ConfigLike = Config | str | Path | None
 Overrides = Mapping[str, Any] | Iterable[str] | str | None

@@ -1,7 +1,7 @@
 """The command line: `hyrax-mlops STAGE -c hyrax.toml --set train.epochs=5`.
 
-MLproject entry points call `entrypoint(STAGE)`, which takes `--config`, `--overrides`
-and `--force` as MLflow passes them.
+MLproject entry points (`entrypoints/stage.py STAGE`) call `entrypoint(STAGE)`, which takes
+`--config`, `--overrides`, `--force` and the stage's input runs as MLflow passes them.
 """
 
 from __future__ import annotations
@@ -14,27 +14,6 @@ from collections.abc import Sequence
 
 from hyrax_mlops.errors import HyraxError
 from hyrax_mlops.redact import redact
-
-STAGES = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "analyse",
-          "pipeline")
-_INPUTS = {
-    "download": [("--resume", "continue this interrupted download run, fetching what is missing")],
-    "train": [("--dataset", "dataset run id (default: make or reuse it from the config)"),
-              ("--resume", "continue this interrupted train run from its last checkpoint")],
-    "tune": [("--dataset", "dataset run id (default: make or reuse it from the config)")],
-    "infer": [("--train-run", "train run id (default: infer.model, else from the config)"),
-              ("--dataset", "dataset run id to embed (default: the train run's dataset)")],
-    "index": [("--embeddings", "infer run id (default: make or reuse it from the config)"),
-              ("--analysis", "analyse run of the same infer run whose stamp statistics join "
-                             "the vectors (index.vectors=auto; default: its newest that "
-                             "measured them, if any)")],
-    "reduce": [("--embeddings", "infer run id (default: make or reuse it from the config)")],
-    "analyse": [("--embeddings", "infer run id (default: make or reuse it from the config)"),
-                ("--map", "reduce run id of the same infer run: its 2D map is clustered "
-                          "(analyse.cluster_on=map) and scored (default: none, or made from "
-                          "the config when clustering on the map)")],
-}
-
 
 # the registries each command's --help lists (title -> registry, imported only for --help)
 _KINDS = {
@@ -50,12 +29,7 @@ _KIND_KEYS = {"sources": "download.source", "models": "model.name",
               "backbones": "model.backbone", "augmentations": "model.augmentations",
               "backends": "index.backend", "reducers": "reduce.methods",
               "analyses": "analyse.analyses"}
-_HELP_KINDS = {
-    "download": ("sources",), "train": ("models", "backbones", "augmentations"),
-    "tune": ("models", "backbones", "augmentations"), "index": ("backends",),
-    "reduce": ("reducers",), "analyse": ("analyses", "reducers"), "peel": ("analyses",),
-    "pipeline": ("sources", "models", "backends", "reducers", "analyses"),
-}
+_PEEL_KINDS = ("analyses",)
 _KIND_ALIASES = {"source": "sources", "model": "models", "backbone": "backbones",
                  "augmentation": "augmentations", "backend": "backends",
                  "vector-backends": "backends", "vector_backends": "backends",
@@ -99,13 +73,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hyrax-mlops", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run (or reuse) the {stage} stage",
-                           kinds=_HELP_KINDS.get(stage, ()))
+    from hyrax_mlops.stages.registry import ordered
+
+    for stage in ordered():
+        p = sub.add_parser(stage.name, help=f"run (or reuse) the {stage.name} stage",
+                           kinds=stage.kinds)
         _config_args(p)
         p.add_argument("--force", action="store_true", help="re-run even if a matching run exists")
-        for flag, help_text in _INPUTS.get(stage, []):
-            p.add_argument(flag, help=help_text)
+        for given in stage.inputs:
+            p.add_argument(given.flag, dest=given.name, help=given.help)
     p = sub.add_parser("search", help="nearest neighbours from an index, pipeline or infer run")
     p.add_argument("--run", required=True, help="index, pipeline or infer run id")
     group = p.add_mutually_exclusive_group(required=True)
@@ -123,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="infer or analyse run ids")
     p = sub.add_parser("peel", help="remove the top outliers (or a selection), retrain, "
                                     "analyse again; N rounds nested under one run",
-                       kinds=_HELP_KINDS["peel"])
+                       kinds=_PEEL_KINDS)
     _config_args(p)
     p.add_argument("--analyse", help="analyse run to start from (default: make or reuse it "
                                      "from the config)")
@@ -155,11 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_stage(args: argparse.Namespace) -> int:
     import hyrax_mlops as hm
+    from hyrax_mlops.stages.registry import STAGES
 
     kw = {"force": args.force}
-    for name in ("dataset", "train_run", "embeddings", "map", "analysis", "resume"):
-        if getattr(args, name, None):
-            kw[name] = getattr(args, name)
+    for given in STAGES.get(args.command).inputs:
+        if getattr(args, given.name, None):
+            kw[given.name] = getattr(args, given.name)
     result = getattr(hm, args.command)(args.config, args.overrides, **kw)
     if args.command == "pipeline":
         print(redact(result.summary()))
@@ -251,9 +228,13 @@ def _search(args: argparse.Namespace) -> int:
 
     import hyrax_mlops as hm
     from hyrax_mlops.search import Searcher
+    from hyrax_mlops.tracking import say
 
     cfg = hm.load_config(args.config, args.overrides)
     searcher = Searcher(args.run, cfg)
+    say(f"search: index run {searcher.index_run_id}, "
+        + ("embeddings joined with their anomaly signature (look-alikes depart alike)"
+           if searcher.signature is not None else "embeddings alone"))
     if args.id:
         tables = searcher.by_id([args.id], args.k)
     elif args.ids:
@@ -267,9 +248,12 @@ def _search(args: argparse.Namespace) -> int:
     from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
 
     images = [RESIDUAL_MAP]  # PNG data URIs: for notebooks and the app, not the terminal
+    shown_first = ["outlier_score", "outlier_why"]  # why a look-alike is one, when analysed
     for table in tables:
+        table = table.assign(distance=table["distance"].clip(lower=0).round(6))  # float noise
         extra = [c for c in args.columns.split(",") if c] or [
-            c for c in table.columns if c not in cols + images][:4]
+            c for c in shown_first + [c for c in table.columns if c not in shown_first]
+            if c in table.columns and c not in cols + images][:4]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
     return 0
@@ -338,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_mlflow()  # before any MLflow import: no artifact bars, no type-hint warnings
     args = build_parser().parse_args(argv)
     try:
-        if args.command in STAGES:
+        if args.command in _stage_names():
             return _run_stage(args)
         if args.command == "search":
             return _search(args)
@@ -381,29 +365,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _stage_names() -> list[str]:
+    from hyrax_mlops.stages.registry import STAGES
+
+    return STAGES.names()
+
+
 def entrypoint(stage: str, argv: Sequence[str] | None = None) -> int:
     """MLproject entry point: `--config`, `--overrides "a.b=1 c.d=2"`, `--force true|false`
-    (and, for index and analyse, `--embeddings RUN`, for analyse `--map RUN`, for index
-    `--analysis RUN`; "" = from the config)."""
-    p = argparse.ArgumentParser(prog=f"entrypoints/{stage}.py")
+    and `--<input> RUN` for each input run the stage takes (stages.registry; "" = made or
+    reused from the config), run as the CLI runs them."""
+    return main(entrypoint_argv(stage, argv))
+
+
+def entrypoint_argv(stage: str, argv: Sequence[str] | None = None) -> list[str]:
+    """The CLI's arguments for an MLproject entry point's parameters."""
+    from hyrax_mlops.stages.registry import STAGES
+
+    inputs = STAGES.get(stage).inputs
+    p = argparse.ArgumentParser(prog=f"entrypoints/stage.py {stage}")
     p.add_argument("--config", default="")
     p.add_argument("--overrides", default="")
     p.add_argument("--force", default="false")
-    p.add_argument("--embeddings", default="", help="index, analyse: infer run id")
-    p.add_argument("--map", default="", help="analyse: reduce run id")
-    p.add_argument("--analysis", default="", help="index: analyse run id")
+    for given in inputs:
+        p.add_argument(f"--{given.name}", default="", help=given.help)
     args = p.parse_args(argv)
     cli = [stage]
-    for name in ("embeddings", "map", "analysis"):
-        if getattr(args, name):
-            cli += [f"--{name}", getattr(args, name)]
+    for given in inputs:
+        if getattr(args, given.name):
+            cli += [given.flag, getattr(args, given.name)]
     for item in shlex.split(args.overrides.replace(";", " ")):
         cli += ["--set", item]
     if args.config:
         cli += ["--config", args.config]
     if args.force.lower() in ("1", "true", "yes"):
         cli.append("--force")
-    return main(cli)
+    return cli
 
 
 if __name__ == "__main__":

@@ -484,9 +484,43 @@ def validate(data: Mapping[str, Any]) -> Config:
     if not _SECTION_KEYS:
         _SECTION_KEYS.update(_section_keys())
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, data)) from None
+    check_registered(cfg)
+    return cfg
+
+
+# keys that name registered components: key -> (registry module, attribute); plugins included
+REGISTERED_KEYS = {
+    "download.source": ("hyrax_mlops.sources", "SOURCES"),
+    "model.name": ("hyrax_mlops.models", "MODELS"),  # or an import path, package.module:Class
+    "index.backend": ("hyrax_mlops.vectors", "VECTOR_BACKENDS"),
+    "reduce.methods": ("hyrax_mlops.analysis.reducers", "REDUCERS"),
+    "analyse.analyses": ("hyrax_mlops.analysis.analyses", "ANALYSES"),
+}
+
+
+def check_registered(cfg: Config) -> None:
+    """Every name a key gives is registered (built-in or a plugin's), when the config loads:
+    `index.backend = "chromaa"` fails here, naming the key and what exists."""
+    import importlib
+
+    for key, (module, attr) in REGISTERED_KEYS.items():
+        section, field = key.split(".")
+        value = getattr(getattr(cfg, section), field)
+        names = value if isinstance(value, list) else [value]
+        if key == "model.name":  # an import path is resolved when the model is built
+            names = [n for n in names if ":" not in n]
+        if not names:
+            continue
+        registry = getattr(importlib.import_module(module), attr)
+        for name in names:
+            if name not in registry:
+                try:
+                    registry.get(name)
+                except KeyError as exc:
+                    raise ConfigError(f"config key '{key}': {exc.args[0]}") from None
 
 
 def _merge(base: dict, new: Mapping, prefix: str) -> None:

@@ -36,14 +36,6 @@ def _val_loss(model_run_id: str | None) -> float:
     return next((float(metrics[k]) for k in LOSSES if k in metrics), math.nan)
 
 
-def fallback_label(columns: Iterable[str]) -> str | None:
-    """The label column a catalog (its `columns`) carries for judging latent spaces (the
-    demo's), if any."""
-    from hyrax_mlops.sources.xdf import LABEL_COLUMN
-
-    return LABEL_COLUMN if LABEL_COLUMN in set(columns) else None
-
-
 def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[str, float]]:
     """(label, quality metrics) of an infer run's embeddings against its dataset's own label,
     measured now with the `[analyse]` defaults; ("", {}) when the dataset has no such label."""
@@ -57,6 +49,8 @@ def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[s
 
     cfg = Config()
     catalog = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
+    from hyrax_mlops.stages.analyse import fallback_label
+
     label = fallback_label(catalog.columns)
     if label is None:
         return "", {}

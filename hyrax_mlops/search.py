@@ -148,10 +148,7 @@ class Searcher:
         embeddings (taken as departing in nothing: the signature's part is zeros)."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if self.signature is not None and vectors.shape[1] == self.embedding_dim:
-            from hyrax_mlops.analysis.signature import joined
-
-            vectors = joined(vectors, np.zeros((len(vectors), len(self.signature.names)),
-                                               np.float32))
+            vectors = self.signature.join(vectors, None)
         return [self._table(hits) for hits in self.index.query(vectors, int(k))]
 
     def by_id(self, object_ids: Sequence[str], k: int = 10) -> list[pd.DataFrame]:
@@ -201,9 +198,7 @@ class Searcher:
         vector, _ = embed_cutouts(loaded.model, loaded.normalizer, cube[None])  # (1, dim)
         if self.signature is None:
             return vector
-        from hyrax_mlops.analysis.signature import joined
-
-        return joined(vector, self.signature.values(cutout_statistics(loaded, cube)))
+        return self.signature.join(vector, cutout_statistics(loaded, cube))
 
     def by_cutout(self, path: str, k: int = 10) -> pd.DataFrame:
         """Neighbours of an external FITS cutout, embedded with the run's own model."""

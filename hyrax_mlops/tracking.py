@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyrax_mlops import __version__, run_owner, store_lock
+from hyrax_mlops import run_context, run_owner, store_lock
+from hyrax_mlops.code_version import code_version
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import LineageError
 from hyrax_mlops.redact import redact
@@ -36,11 +37,6 @@ TAG_RESUMED_AFTER = "hyrax.resumed_after"  # the error of a run before it was re
 CONFIG_ARTIFACT = "config/hyrax.toml"
 DATASET_STAGES = ("download", "ingest", "filter")  # the stages whose runs are datasets
 
-# `mlflow run` hands its run to the entry point as MLFLOW_RUN_ID, and MLflow deletes that
-# variable once a run has been started: remember it for the life of the process.
-_LAUNCHER_RUN_ID: str | None = os.environ.get("MLFLOW_RUN_ID") or None
-_launcher_claimed = False
-_upstream_depth = 0
 
 
 def _quiet_environment() -> None:
@@ -141,7 +137,7 @@ def setup(cfg: Config) -> str:
             mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, *next(iter(kind.items())))
 
     use_store()
-    launcher = _launcher_run_id()
+    launcher = run_context.current().launcher()
     if launcher:
         exp = mlflow.get_experiment(mlflow.get_run(launcher).info.experiment_id)
         _mark_model_training(exp)
@@ -161,46 +157,6 @@ def setup(cfg: Config) -> str:
     _mark_model_training(exp)
     return exp.experiment_id
 
-
-
-def _launcher_run_id() -> str | None:
-    global _LAUNCHER_RUN_ID
-    _LAUNCHER_RUN_ID = _LAUNCHER_RUN_ID or os.environ.get("MLFLOW_RUN_ID") or None
-    return _LAUNCHER_RUN_ID
-
-
-@contextlib.contextmanager
-def upstream():
-    """Stages run inside this block are prerequisites: they never take over the run that
-    `mlflow run` made for the stage the user asked for."""
-    global _upstream_depth
-    _upstream_depth += 1
-    try:
-        yield
-    finally:
-        _upstream_depth -= 1
-
-
-def _claim_launcher() -> str | None:
-    """The `mlflow run` run, the first time a requested (not upstream) stage asks for it."""
-    global _launcher_claimed
-    launcher = _launcher_run_id()
-    if not launcher or _launcher_claimed or _upstream_depth:
-        return None
-    _launcher_claimed = True
-    return launcher
-
-
-@functools.cache
-def code_version() -> str:
-    """Package version plus a hash of the package source: changes whenever the code does."""
-    pkg = Path(__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(pkg.rglob("*")):
-        if path.suffix in {".py", ".toml"} and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(pkg)).encode())
-            digest.update(path.read_bytes())
-    return f"{__version__}+{digest.hexdigest()[:12]}"
 
 
 # --------------------------------------------------------------------------- stage runs
@@ -243,7 +199,7 @@ class StageSpec:
         tags = {
             TAG_STAGE: self.stage,
             TAG_CONFIG_HASH: cfg.section_hash(self.sections),
-            TAG_CODE_VERSION: code_version(),
+            TAG_CODE_VERSION: code_version(self.stage),
         }
         tags.update({TAG_INPUT + name: rid for name, rid in self.inputs.items()})
         if self.fingerprint:
@@ -396,7 +352,7 @@ def run_stage(
         _take_over(client, resume_run_id)
         return _open_run(spec, cfg, body, tags, client, experiment_id, parent_run_id,
                          resume_run_id=resume_run_id)
-    launcher = _claim_launcher() if parent_run_id is None else None
+    launcher = run_context.current().claim() if parent_run_id is None else None
     # forced runs wait too: an identical pipeline (always forced) waits for the whole first
     # one, then finds each of its stages done
     with _identity_lock(client, experiment_id, tags, spec.stage, force) as waited:

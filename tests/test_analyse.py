@@ -201,6 +201,9 @@ def test_lookalikes_of_an_artefact_are_artefacts_of_its_kind(injected, capsys):
         from_file = joined.by_cutout(str(folder / "cutouts" / f"{ray}.fits"), k + 1)
         emb_ids, vectors = read_embeddings(infer_run, cfg)
         plain_query = joined.by_vector(vectors[0], 3)[0]
+        capsys.readouterr()
+        assert main(["search", "--run", joined_run.run_id, "--id", ray, "-k", "3"]) == 0
+        searched = capsys.readouterr()
     print(f"\nlook-alike precision ({k} neighbours, {len(rows)} artefacts): joined index "
           f"{joined_share:.2f}, embeddings alone {plain_share:.2f}")
     assert joined_run.reused and joined_run.run_id in said
@@ -217,6 +220,13 @@ def test_lookalikes_of_an_artefact_are_artefacts_of_its_kind(injected, capsys):
     assert (from_file["object_id"].iloc[1:].map(kind_of) == "cosmic_rays").mean() >= 0.5
     # a plain embedding is an object that departs in nothing
     assert plain_query["object_id"].iloc[0] == str(emb_ids[0])
+    # the terminal says which index answered, and shows why each neighbour is one
+    assert f"index run {joined_run.run_id}, embeddings joined" in searched.err
+    header, first = searched.out.splitlines()[:2]
+    assert header.split()[:5] == ["rank", "object_id", "distance", "outlier_score",
+                                  "outlier_why"]
+    assert first.split()[:2] == ["1", ray] and float(first.split()[2]) == 0.0
+    assert first.split()[4] == "knn"  # the newest analysis's reason: the kNN-only run's
 
 
 def test_outlier_scores_match_direct_sklearn_calls():

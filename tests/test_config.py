@@ -114,3 +114,23 @@ def test_resolved_config_round_trips(tmp_path):
 def test_modality_settings_are_checked_when_the_config_loads(override, expected):
     with pytest.raises(ConfigError, match=expected):
         load_config(None, override)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("index.backend", "chromaa", "no vector_backend named 'chromaa'. Did you mean 'chroma'?"),
+    ("download.source", "hcs", "no source named 'hcs'. Did you mean 'hsc'?"),
+    ("model.name", "simclrr", "no model named 'simclrr'. Did you mean 'simclr'?"),
+    ("reduce.methods", ["pca", "umapp"], "no reducer named 'umapp'. Did you mean 'umap'?"),
+    ("analyse.analyses", ["outlier"], "no analysis named 'outlier'. Did you mean 'outliers'?"),
+])
+def test_a_name_nothing_is_registered_under_fails_when_the_config_loads(key, value, message,
+                                                                        capsys):
+    """Registered names are checked by load_config itself, so even `hyrax-mlops config` (which
+    runs no stage) refuses them, naming the key and what is registered."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {key: value})
+    assert str(err.value).startswith(f"config key '{key}': {message}")
+    assert "Registered: " in str(err.value)
+    assert main(["config", "--set", f"{key}={value!r}".replace("'", '"')]) == 2
+    assert message in capsys.readouterr().err
+    assert load_config(None, {"model.name": "user_models:Tiny"})  # an import path: later

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +20,11 @@ def test_mlflow_run_entry_points_share_runs_and_cache(store):
              f"reduce.methods=['pca'] tracking.cache_dir={store / 'cache'} "
              f"index.path={store / 'chroma'}")
 
-    def mlflow_run(entry: str, overrides: str) -> subprocess.CompletedProcess:
+    def mlflow_run(entry: str, overrides: str, **inputs: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry,
                "--env-manager", "local", "--experiment-name", "projects",
-               "-P", f"overrides={overrides}"]
+               "-P", f"overrides={overrides}", *(a for k, v in inputs.items()
+                                                 for a in ("-P", f"{k}={v}"))]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
     done = mlflow_run("pipeline", small)
@@ -51,3 +53,73 @@ def test_mlflow_run_entry_points_share_runs_and_cache(store):
 
     bad = mlflow_run("download", "download.limt=20")
     assert bad.returncode != 0 and "download.limt" in bad.stderr and "Did you mean" in bad.stderr
+
+    # an input run passed through the door: reduce the pipeline's embeddings with other
+    # settings; nothing upstream is made again
+    infer = stages[stages["tags.hyrax.stage"] == "infer"]["run_id"].iloc[0]
+    reduced = mlflow_run("reduce", "reduce.methods=['pca'] reduce.dims=[2] "
+                                   f"tracking.cache_dir={store / 'cache'}", embeddings=infer)
+    assert reduced.returncode == 0, reduced.stderr[-3000:]
+    newest = mlflow.search_runs(experiment_names=["projects"],
+                                order_by=["start_time DESC"]).iloc[0]
+    assert newest["tags.hyrax.stage"] == "reduce" and newest["params.reduce.dims"] == "[2]"
+    assert newest["tags.hyrax.input.embeddings"] == infer
+
+
+def test_mlproject_entry_points_are_the_stage_registry():
+    """MLproject is written from the registry; every door takes every input of every stage."""
+    import inspect
+
+    import hyrax_mlops as hm
+    from hyrax_mlops.cli import build_parser
+    from hyrax_mlops.config import Config
+    from hyrax_mlops.stages.registry import STAGES, render_mlproject
+
+    assert (REPO / "MLproject").read_text() == render_mlproject(), (
+        "MLproject disagrees with hyrax_mlops/stages/registry.py: run "
+        "`python -m hyrax_mlops.stages.registry > MLproject`")
+    spec = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for name in STAGES.names():
+        stage = STAGES.get(name)
+        names = [i.name for i in stage.inputs]
+        assert set(spec[name]["parameters"]) == {"config", "overrides", "force", *names}
+        door = inspect.signature(getattr(hm, name)).parameters
+        flags = {o for a in commands[name]._actions for o in a.option_strings}
+        for given in stage.inputs:
+            assert given.name in door, (name, given.name)
+            assert given.flag in flags, (name, given.flag)
+        assert stage.sections and set(stage.sections) <= set(Config.model_fields)
+    assert set(spec) == {*STAGES.names(), "app"}
+
+
+def test_an_entry_point_passes_its_input_runs_to_the_cli():
+    """`entrypoints/stage.py index --embeddings R --analysis A` is `hyrax-mlops index
+    --embeddings R --analysis A`; empty parameters are left to the config."""
+    from hyrax_mlops.cli import build_parser, entrypoint_argv
+
+    argv = entrypoint_argv("index", ["--config", "", "--overrides", "index.metric=l2",
+                                     "--force", "true", "--embeddings", "R1", "--analysis", ""])
+    assert argv == ["index", "--embeddings", "R1", "--set", "index.metric=l2", "--force"]
+    argv = entrypoint_argv("infer", ["--train_run", "T1", "--dataset", "D1"])
+    assert argv == ["infer", "--train-run", "T1", "--dataset", "D1"]
+    parsed = build_parser().parse_args(argv)
+    assert (parsed.train_run, parsed.dataset) == ("T1", "D1")
+
+
+def test_the_launcher_s_run_goes_to_the_first_requested_stage_only():
+    """What `mlflow run` made is taken over once, by the stage the user asked for, never by a
+    prerequisite made on the way; a block's own context leaves the process's untouched."""
+    from hyrax_mlops import run_context
+
+    process = run_context.current()
+    with run_context.run_context("LAUNCH") as launch:
+        assert run_context.current() is launch and process is not launch
+        with run_context.upstream():
+            assert launch.claim() is None  # a prerequisite: not its run
+            with run_context.upstream():
+                assert launch.claim() is None
+        assert launch.upstream_depth == 0
+        assert launch.claim() == "LAUNCH"  # the requested stage
+        assert launch.claim() is None  # once
+    assert run_context.current() is process and not process.claimed

@@ -49,7 +49,7 @@ def test_every_stage_is_a_tagged_nested_run_with_lineage(demo_store):
         assert run.info.status == "FINISHED"
         assert tags["mlflow.parentRunId"] == result.run_id
         assert tags["hyrax.stage"] == ("download" if name == "dataset" else name)
-        assert tags["hyrax.code_version"] == code_version()
+        assert tags["hyrax.code_version"] == code_version(tags["hyrax.stage"])
         assert len(tags["hyrax.config_hash"]) == 16
         assert parent.data.tags[f"hyrax.stage_run.{name}"] == step.run_id
         inputs = {k.split(".", 2)[2]: v for k, v in tags.items() if k.startswith("hyrax.input.")}
@@ -254,3 +254,35 @@ def test_demo_columns_are_known_before_its_dataset_exists(demo_store):
     result, cfg = demo_store
     data = Dataset(fetch_artifacts(result["dataset"].run_id, ARTIFACT_DIR, cfg))
     assert list(data.catalog.columns) == list(CATALOG_COLUMNS)
+
+
+def test_a_stage_s_code_version_follows_the_code_it_runs(tmp_path):
+    """Per stage, from the modules its own module imports: a comment edited in the CLI or the
+    app's search leaves every cached training run valid; an edit to the training loop does
+    not; the index, which imports the stamp statistics, changes with them and train doesn't."""
+    import shutil
+
+    from hyrax_mlops.code_version import code_version as version_of
+    from hyrax_mlops.code_version import import_closure
+
+    root = tmp_path / "hyrax_mlops"
+    shutil.copytree(Path(hm.__file__).parent, root,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    names = {str(p.relative_to(root)) for p in import_closure("hyrax_mlops.stages.train", root)}
+    assert {"stages/train.py", "engine/loop.py", "models/__init__.py", "config.py",
+            "defaults.toml", "tracking.py"} <= names
+    assert not names & {"cli.py", "api.py", "__init__.py", "search.py", "stages/index.py"}
+
+    def versions() -> dict[str, str]:
+        version_of.cache_clear()
+        return {s: version_of(s, root) for s in ("train", "index", "pipeline")}
+
+    before = versions()
+    assert len(set(before.values())) == 3
+    for path, changes in (("cli.py", set()), ("search.py", set()),
+                          ("analysis/stamp_statistics.py", {"index", "pipeline"}),
+                          ("engine/loop.py", {"train", "index", "pipeline"})):
+        (root / path).write_text((root / path).read_text() + "\n# a comment\n")
+        after = versions()
+        assert {s for s in before if after[s] != before[s]} == changes, path
+        before = after

@@ -135,24 +135,31 @@ def test_the_anomaly_signature_is_zero_for_the_ordinary_and_names_what_departs(s
     query (one stamp, one statistic unmeasured) is scaled as the population was."""
     import pandas as pd
 
-    from hyrax_mlops.analysis.signature import THRESHOLD, Signature, joined
+    from hyrax_mlops.analysis.signature import THRESHOLD, WEIGHT, Signature
 
     cubes = stamps.copy()
     cubes[5, 1, 30, 30] = cubes[5].max() * 4  # a one-pixel hit in one band
     table = pd.DataFrame(stamp_statistics(normalised(cubes), stretch="asinh"))
     table["object_id"], table["reconstruction_error"] = [f"X{i:03d}" for i in range(48)], 1.0
-    signature = Signature.fit(table)
+    # embeddings along one line, as a briefly trained model gives: magnitudes are kept
+    embeddings = np.outer(np.linspace(-3, 3, 48), [1.0, 0.5, 0.0]) + [10.0, 0.0, 1.0]
+    signature = Signature.fit(table, embeddings)
     assert "object_id" not in signature.names and "reconstruction_error" not in signature.names
     values = signature.values(table)
     assert values.shape == (48, len(signature.names)) and (values >= 0).all()
     assert np.median((values > 0).sum(axis=1)) == 0  # most stamps depart in nothing
     hit = dict(zip(signature.names, values[5], strict=True))
-    assert hit["sharp_pixel"] == max(hit.values()) > np.log1p(3)  # z beyond THRESHOLD + 3
+    assert hit["sharp_pixel"] == max(hit.values()) > WEIGHT * np.log1p(3)  # z > THRESHOLD + 3
     again = Signature.from_dict(signature.to_dict())
     assert again == signature and signature.to_dict()["threshold"] == THRESHOLD
     one = {k: v[5:6] for k, v in table.items() if k != "straight_line"}  # one unmeasured
     assert np.allclose(again.values(one), np.where(
         np.array(signature.names) == "straight_line", 0, values[5]))
-    vectors = joined(np.full((48, 4), 3.0), values)
-    assert np.allclose(np.linalg.norm(vectors[:, :4], axis=1), 1.0)
-    assert np.array_equal(vectors[:, 4:], values)
+    vectors = signature.join(embeddings, table)
+    placed = vectors[:, :3]
+    assert np.allclose(placed.mean(axis=0), 0, atol=1e-6)  # centred on the population
+    assert np.sqrt((placed ** 2).sum(axis=1).mean()) == pytest.approx(1.0)  # RMS distance 1
+    assert np.allclose(placed[0], -placed[-1])  # the line's ends stay apart, not folded
+    assert np.array_equal(vectors[:, 3:], values)
+    plain = again.join(embeddings[7], None)  # a plain embedding departs in nothing
+    assert np.allclose(plain, np.r_[placed[7], np.zeros(len(signature.names))])

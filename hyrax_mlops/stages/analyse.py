@@ -47,12 +47,18 @@ def check(cfg: Config) -> Path | None:
     return None
 
 
+def fallback_label(columns) -> str | None:
+    """The label column a catalog (its `columns`) carries for judging latent spaces (the
+    demo's), if any."""
+    from hyrax_mlops.sources.xdf import LABEL_COLUMN
+
+    return LABEL_COLUMN if LABEL_COLUMN in set(columns) else None
+
+
 def quality_label(cfg: Config, columns) -> Config:
     """`analyse.label_column` for "quality": as set, or (when empty) the label column the
     dataset carries for judging latent spaces (the demo's `colour`), as `compare` does; a
     ConfigError when there is neither. `columns`: the catalog's columns (None: not known)."""
-    from hyrax_mlops.ranking import fallback_label
-
     a = cfg.analyse
     if "quality" not in a.analyses or a.label_column or columns is None:
         return cfg

@@ -1,6 +1,6 @@
 """`index`: upsert an infer run's embeddings into a vector store, with catalog metadata; with
 `index.vectors = "auto"` and an analyse run of the same embeddings that measured stamp
-statistics, each vector is the unit embedding joined with its anomaly signature
+statistics, each vector is the embedding (centred, scaled) joined with its anomaly signature
 (analysis.signature), so look-alikes of an artefact are artefacts of its kind."""
 
 from __future__ import annotations
@@ -131,16 +131,16 @@ def joined_vectors(cfg: Config, ids: np.ndarray, embeddings: np.ndarray,
     the order of `ids`), and the signature's recipe for queries measured later."""
     import pandas as pd
 
-    from hyrax_mlops.analysis.signature import Signature, joined
+    from hyrax_mlops.analysis.signature import Signature
     from hyrax_mlops.stages.analyse import STATISTICS_TABLE
     from hyrax_mlops.tracking import fetch_artifacts
 
     table = pd.read_parquet(fetch_artifacts(analyse_run_id, STATISTICS_TABLE, cfg))
     table = table.set_index(table["object_id"].astype(str)).reindex(ids.astype(str))
-    signature = Signature.fit(table)
+    signature = Signature.fit(table, embeddings)
     if not signature.names:  # an analyse run that measured the reconstruction error alone
         return embeddings, None
-    return joined(embeddings, signature.values(table)), {
+    return signature.join(embeddings, table), {
         **signature.to_dict(), "embedding_dim": int(embeddings.shape[1]),
         "statistics_run": analyse_run_id}
 

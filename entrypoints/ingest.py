@@ -1,8 +1,0 @@
-"""MLproject entry point `ingest`: parse MLflow's parameters and run the same code as the CLI."""
-
-import sys
-
-from hyrax_mlops.cli import entrypoint
-
-if __name__ == "__main__":
-    sys.exit(entrypoint("ingest"))

@@ -1,0 +1,132 @@
+"""The stages as data: what each is called, which config sections it reads, which runs it
+takes (and which stage makes each), and the registered kinds its help lists.
+
+The doors read this one table. The CLI builds a subcommand per stage with a flag per input;
+MLproject's entry points (`render_mlproject`, checked against the file by the tests) pass
+each input through `entrypoints/stage.py`; the Python door's function for a stage takes each
+input as a keyword. Adding a stage: its module (a `SECTIONS` tuple and a door in `api`) and
+one `STAGES.register` call here.
+
+    python -m hyrax_mlops.stages.registry > MLproject   # after adding a stage or an input
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from hyrax_mlops.registry import Registry
+
+
+@dataclass(frozen=True)
+class Input:
+    """A run a stage takes: `name` is its keyword in the Python door, `--name` (dashes) its
+    CLI flag and MLproject parameter; `made_by` the stages whose runs it accepts."""
+
+    name: str
+    made_by: tuple[str, ...]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str  # the stage's module: its SECTIONS, check and run
+    inputs: tuple[Input, ...] = ()
+    kinds: tuple[str, ...] = ()  # registered kinds its --help lists (cli._KINDS)
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The config sections the stage's identity hashes (its module's SECTIONS)."""
+        module = importlib.import_module(self.module)
+        return tuple(getattr(module, "SECTIONS", None) or module.ALL_SECTIONS)
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def _stage(name: str, *inputs: Input, kinds: tuple[str, ...] = ()) -> None:
+    STAGES.register(name)(Stage(name, f"hyrax_mlops.stages.{name}", inputs, kinds))
+
+
+_DATASET = Input("dataset", ("download", "ingest", "filter"),
+                 "dataset run id (default: make or reuse it from the config)")
+_EMBEDDINGS = Input("embeddings", ("infer",),
+                    "infer run id (default: make or reuse it from the config)")
+
+_stage("download", Input("resume", ("download",),
+                         "continue this interrupted download run, fetching what is missing"),
+       kinds=("sources",))
+_stage("ingest")
+_stage("train", _DATASET, Input("resume", ("train",), "continue this interrupted train run "
+                                                      "from its last checkpoint"),
+       kinds=("models", "backbones", "augmentations"))
+_stage("tune", _DATASET, kinds=("models", "backbones", "augmentations"))
+_stage("infer", Input("train_run", ("train", "tune"),
+                      "train run id (default: infer.model, else from the config)"),
+       Input("dataset", ("download", "ingest", "filter"),
+             "dataset run id to embed (default: the train run's dataset)"))
+_stage("index", _EMBEDDINGS,
+       Input("analysis", ("analyse",), "analyse run of the same infer run whose stamp "
+                                       "statistics join the vectors (index.vectors=auto; "
+                                       "default: its newest that measured them, if any)"),
+       kinds=("backends",))
+_stage("reduce", _EMBEDDINGS, kinds=("reducers",))
+_stage("analyse", _EMBEDDINGS,
+       Input("map", ("reduce",), "reduce run id of the same infer run: its 2D map is clustered "
+                                 "(analyse.cluster_on=map) and scored (default: none, or made "
+                                 "from the config when clustering on the map)"),
+       kinds=("analyses", "reducers"))
+_stage("pipeline", kinds=("sources", "models", "backends", "reducers", "analyses"))
+
+# the order of the MLproject file and of `hyrax-mlops --help`
+ORDER = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "analyse",
+         "pipeline")
+
+_HEADER = """\
+name: hyrax-mlops
+
+# Written by `python -m hyrax_mlops.stages.registry > MLproject` from the stage registry
+# (hyrax_mlops/stages/registry.py); the tests fail when the two disagree.
+# Run with: mlflow run . -e pipeline --env-manager local
+# Parameters: config (a TOML file, "" = shipped defaults), overrides ("train.epochs=5
+# reduce.dims=[2]"), force ("true" re-runs stages that have a matching finished run), and each
+# input run the stage takes ("" = made or reused from the config).
+
+entry_points:
+"""
+_APP = """\
+  app:
+    parameters:
+      port: {type: string, default: "8050"}
+    command: "hyrax-mlops app --port {port}"
+"""
+
+
+def ordered() -> list[Stage]:
+    """Every registered stage: the built-in ones in ORDER, then plugins' by name."""
+    names = [n for n in ORDER if n in STAGES] + [n for n in STAGES.names() if n not in ORDER]
+    return [STAGES.get(n) for n in names]
+
+
+def render_mlproject() -> str:
+    """The MLproject file: one entry point per stage, with a parameter per input."""
+    out = [_HEADER]
+    for stage in ordered():
+        params = ["config", "overrides", "force", *(i.name for i in stage.inputs)]
+        out.append(f"  {stage.name}:\n    parameters:\n")
+        for p in params:
+            default = '"false"' if p == "force" else '""'
+            out.append(f"      {p}: {{type: string, default: {default}}}\n")
+        args = " ".join(f"--{p} {{{p}}}" for p in params)
+        out.append(f'    command: "python entrypoints/stage.py {stage.name} {args}"\n')
+    out.append(_APP)
+    return "".join(out)
+
+
+if __name__ == "__main__":
+    print(render_mlproject(), end="")
