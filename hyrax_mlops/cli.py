@@ -152,6 +152,8 @@ def _run_stage(args: argparse.Namespace) -> int:
 def _stage_next(result) -> list[str]:
     """What to run after a single stage, with its run id filled in."""
     rid = result.run_id
+    if result.stage == "analyse":
+        return _analyse_next(rid)
     return {
         "download": [f"hyrax-mlops train --dataset {rid}"],
         "ingest": [f"hyrax-mlops train --dataset {rid}"],
@@ -161,7 +163,6 @@ def _stage_next(result) -> list[str]:
                   f"hyrax-mlops reduce --embeddings {rid}"],
         "index": [f"hyrax-mlops search --run {rid} --id OBJECT_ID -k 10"],
         "reduce": ["hyrax-mlops app      # the maps, interactive"],
-        "analyse": _analyse_next(rid) if result.stage == "analyse" else [],
     }.get(result.stage, [])
 
 
@@ -251,9 +252,9 @@ def _search(args: argparse.Namespace) -> int:
     shown_first = ["outlier_score", "outlier_why"]  # why a look-alike is one, when analysed
     for table in tables:
         table = table.assign(distance=table["distance"].clip(lower=0).round(6))  # float noise
-        extra = [c for c in args.columns.split(",") if c] or [
-            c for c in shown_first + [c for c in table.columns if c not in shown_first]
-            if c in table.columns and c not in cols + images][:4]
+        rest = [c for c in table.columns if c not in cols + images + shown_first]
+        extra = [c for c in args.columns.split(",") if c] or (
+            [c for c in shown_first if c in table.columns] + rest)[:4]
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(table[cols + [c for c in extra if c in table.columns]].to_string(index=False))
     return 0
