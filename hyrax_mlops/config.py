@@ -516,11 +516,10 @@ def check_registered(cfg: Config) -> None:
             continue
         registry = getattr(importlib.import_module(module), attr)
         for name in names:
-            if name not in registry:
-                try:
-                    registry.get(name)
-                except KeyError as exc:
-                    raise ConfigError(f"config key '{key}': {exc.args[0]}") from None
+            try:
+                registry.get(name)  # its error names what is registered
+            except KeyError as exc:
+                raise ConfigError(f"config key '{key}': {exc.args[0]}") from None
 
 
 def _merge(base: dict, new: Mapping, prefix: str) -> None:
