@@ -34,7 +34,13 @@ browser:
 app: setup
 	$(VENV)/bin/hyrax-mlops app
 
-test: setup browser
+# The example third-party plugins (tests/plugins) are installed for the tests only.
+PLUGINS := $(VENV)/.plugins
+$(PLUGINS): $(STAMP) tests/plugins/pyproject.toml
+	$(PIP) install --no-deps -e tests/plugins 2>&1 | { grep -v "is ignored: it is neither" || true; }
+	touch $(PLUGINS)
+
+test: setup browser $(PLUGINS)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Every benchmark, each beside its plain reference; SIZE=large for the survey-scale rows.

@@ -6,9 +6,8 @@
 Heavy libraries (torch, mlflow, chromadb, umap) are imported only when a stage needs them.
 """
 
-__version__ = "0.1.0"
-
-from hyrax_mlops.api import (  # noqa: E402
+from hyrax_mlops._version import __version__
+from hyrax_mlops.api import (
     analyse,
     compare,
     download,

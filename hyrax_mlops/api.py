@@ -1,7 +1,8 @@
 """The Python door: `hm.train("hyrax.toml", overrides={"train.epochs": 5})`.
 
 A stage called without its input run first makes (or reuses) the upstream stages under the
-same config, like `make`: `hm.reduce()` alone gives maps of the current config's model.
+same config, like `make` (`stages.resolve`): `hm.reduce()` alone gives maps of the current
+config's model.
 """
 
 from __future__ import annotations
@@ -25,81 +26,42 @@ def load_config(config: ConfigLike = None, overrides: Overrides = None) -> Confi
     return _load(config, overrides)
 
 
-def _dataset(cfg: Config, force: bool = False):
-    from hyrax_mlops.stages import download as dl
-    from hyrax_mlops.stages import ingest as ing
-    from hyrax_mlops.stages import pipeline as pl
+def _make(stage: str, config: ConfigLike, overrides: Overrides, force: bool, **given):
+    from hyrax_mlops.stages.resolve import make
 
-    pl.check(cfg)  # upstream runs are about to be made: check the whole config first
-    with upstream():
-        return (ing if cfg.pipeline.dataset == "ingest" else dl).run(cfg, force=force).run_id
+    return make(stage, load_config(config, overrides), force=force, **given)
+
 
 
 def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False,
              resume: str | None = None):
     """Download (or reuse) a dataset; `resume=RUN_ID` continues an interrupted download run in
     place, fetching only what it does not have yet."""
-    from hyrax_mlops.stages import download as stage
-
-    if resume:
-        return stage.resume(resume)
-    return stage.run(load_config(config, overrides), force=force)
+    return _make("download", config, overrides, force, resume=resume)
 
 
 def ingest(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
-    from hyrax_mlops.stages import ingest as stage
-
-    return stage.run(load_config(config, overrides), force=force)
+    return _make("ingest", config, overrides, force)
 
 
 def train(config: ConfigLike = None, overrides: Overrides = None, *,
           dataset: str | None = None, force: bool = False, resume: str | None = None):
     """Train (or reuse) a model; `resume=RUN_ID` continues an interrupted train run in place,
     with the config it was started with."""
-    from hyrax_mlops.stages import train as stage
-
-    if resume:
-        return stage.resume(resume)
-    cfg = load_config(config, overrides)
-    return stage.run(cfg, dataset or _dataset(cfg), force=force)
+    return _make("train", config, overrides, force, dataset=dataset, resume=resume)
 
 
 def tune(config: ConfigLike = None, overrides: Overrides = None, *,
          dataset: str | None = None, force: bool = False):
     """A Ray Tune + Optuna sweep over `tune.space`; each trial a nested run."""
-    from hyrax_mlops.stages import tune as stage
-
-    cfg = load_config(config, overrides)
-    stage.check(cfg)
-    return stage.run(cfg, dataset or _dataset(cfg), force=force)
-
-
-def _train_run(cfg: Config) -> str:
-    from hyrax_mlops.stages import train as stage
-
-    dataset = _dataset(cfg)
-    with upstream():
-        return stage.run(cfg, dataset).run_id
+    return _make("tune", config, overrides, force, dataset=dataset)
 
 
 def infer(config: ConfigLike = None, overrides: Overrides = None, *, train_run: str | None = None,
           dataset: str | None = None, force: bool = False):
-    from hyrax_mlops.stages import infer as stage
-
-    cfg = load_config(config, overrides)
-    if not train_run and not cfg.infer.model:
-        train_run = _train_run(cfg)
-    return stage.run(cfg, train_run_id=train_run, dataset_run_id=dataset, force=force)
-
-
-def _embeddings(cfg: Config) -> str:
-    from hyrax_mlops.stages import infer as stage
-    from hyrax_mlops.stages import pipeline as pl
-
-    pl.check(cfg)
-    train_run = None if cfg.infer.model else _train_run(cfg)
-    with upstream():
-        return stage.run(cfg, train_run_id=train_run).run_id
+    """Embed a dataset (`dataset`, default: the train run's) with a trained model: `train_run`,
+    else `infer.model`, else the config's train run, made or reused."""
+    return _make("infer", config, overrides, force, train_run=train_run, dataset=dataset)
 
 
 def index(config: ConfigLike = None, overrides: Overrides = None, *,
@@ -108,18 +70,12 @@ def index(config: ConfigLike = None, overrides: Overrides = None, *,
     config). With `index.vectors = "auto"` (the default) they are joined with the anomaly
     signature of an analyse run of the same embeddings: `analysis`, or the newest that
     measured stamp statistics, if any."""
-    from hyrax_mlops.stages import index as stage
-
-    cfg = load_config(config, overrides)
-    return stage.run(cfg, embeddings or _embeddings(cfg), analyse_run_id=analysis, force=force)
+    return _make("index", config, overrides, force, embeddings=embeddings, analysis=analysis)
 
 
 def reduce(config: ConfigLike = None, overrides: Overrides = None, *,
            embeddings: str | None = None, force: bool = False):
-    from hyrax_mlops.stages import reduce as stage
-
-    cfg = load_config(config, overrides)
-    return stage.run(cfg, embeddings or _embeddings(cfg), force=force)
+    return _make("reduce", config, overrides, force, embeddings=embeddings)
 
 
 def analyse(config: ConfigLike = None, overrides: Overrides = None, *,
@@ -130,23 +86,7 @@ def analyse(config: ConfigLike = None, overrides: Overrides = None, *,
     scored; without one, "auto" clusters a UMAP map of the latent space made on the spot and
     "map" makes or reuses the config's reduce run. Says what it found (top outliers, clusters,
     quality, the gallery's path) on the terminal."""
-    from hyrax_mlops.stages import analyse as stage
-    from hyrax_mlops.stages import reduce as reduce_stage
-
-    cfg = load_config(config, overrides)
-    stage.check(cfg)  # before any upstream run is made
-    if embeddings is None:  # the label "quality" needs, in the dataset about to be made
-        from hyrax_mlops.stages._columns import expected_columns
-
-        stage.quality_label(cfg, expected_columns(cfg))
-    infer_run = embeddings or _embeddings(cfg)
-    if map is None and cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
-        with upstream():
-            map = reduce_stage.run(cfg, infer_run).run_id
-    return stage.run(cfg, infer_run, reduce_run_id=map, force=force)
-
-
-_analyse = analyse  # `peel` names its argument after the stage
+    return _make("analyse", config, overrides, force, embeddings=embeddings, map=map)
 
 
 def peel(config: ConfigLike = None, overrides: Overrides = None, *, analyse: str | None = None,
@@ -155,11 +95,12 @@ def peel(config: ConfigLike = None, overrides: Overrides = None, *, analyse: str
     selection exported from the app), retrain with the same config and analyse again,
     `rounds` times; each round nested under one `peel` run."""
     from hyrax_mlops.stages import peel as stage
+    from hyrax_mlops.stages.resolve import make
 
     cfg = load_config(config, overrides)
     if analyse is None:
         with upstream():
-            analyse = _analyse(cfg).run_id
+            analyse = make("analyse", cfg).run_id
     return stage.run(cfg, analyse, rounds=rounds, remove_file=remove, force=force)
 
 
@@ -173,9 +114,7 @@ def compare(runs: Iterable[str]):
 
 def pipeline(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False):
     """Every stage, as nested runs of one parent run; unchanged stages are reused."""
-    from hyrax_mlops.stages import pipeline as stage
-
-    return stage.run(load_config(config, overrides), force=force)
+    return _make("pipeline", config, overrides, force)
 
 
 def search_by_id(run: str, object_id: str, k: int = 10, config: ConfigLike = None):

@@ -4,8 +4,9 @@ included), so that editing the CLI or the app does not invalidate every cached t
 
 The root package's `__init__` is left out: it is the Python door's façade, importing every
 stage for `hm.train(...)`, not code a stage runs. A subpackage's `__init__` counts (its
-registrations run). `defaults.toml` counts wherever `config` does. A stage without a module
-of its own (`hyrax_mlops.stages.<name>`) hashes the whole package.
+registrations run), and so do the modules a registry names as its `builtins` (imported
+when it is first read). `defaults.toml` counts wherever `config` does.
+A stage without a module of its own (`hyrax_mlops.stages.<name>`) hashes the whole package.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 module = ".".join(base + ([module] if module else []))
             found.add(module)
             found.update(f"{module}.{a.name}" for a in node.names)  # submodules imported
+        elif isinstance(node, ast.keyword) and node.arg == "builtins":  # Registry(builtins=)
+            found.update(c.value for c in ast.walk(node.value)
+                         if isinstance(c, ast.Constant) and isinstance(c.value, str))
     out = set()
     for module in found:
         parts = module.split(".")
@@ -77,7 +81,7 @@ def import_closure(module: str, root: Path = ROOT) -> list[Path]:
 def code_version(stage: str | None = None, root: Path = ROOT) -> str:
     """`<version>+<12 hex>`: a hash of the files stage `stage` runs (`import_closure` of
     `hyrax_mlops.stages.<stage>`), or of the whole package without a stage or such module."""
-    from hyrax_mlops import __version__
+    from hyrax_mlops._version import __version__
 
     module = f"{PACKAGE}.stages.{stage}" if stage else None
     if module and module in _modules(root):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
-import re
 import shlex
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import tomllib
 from pydantic import (
@@ -69,6 +69,102 @@ class _Section(BaseModel):
         return value
 
 
+class ComponentConfig(_Section):
+    """The keys a component owns (a source, a vector backend, an analysis, a plugin's),
+    declared as its `config_class`: types, ranges and defaults, checked by `load_config`."""
+
+
+class _Components(_Section):
+    """A section some of whose keys belong to registered components (plugins included):
+    each component's `config_class` (a ComponentConfig) declares, checks and defaults them.
+
+    `_selector` names the key that picks one component, whose keys alone are allowed (as
+    `index.backend`); without one, every registered component's keys are (as `analyse`,
+    which runs a list of analyses). `_nested`: each component's keys sit in a sub-table
+    named after it (`[download.hsc]`)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    _registry: ClassVar[tuple[str, str]]  # (module, attribute) of the registry
+    _selector: ClassVar[str | None] = None
+    _nested: ClassVar[bool] = False
+
+    def _registered(self):
+        module, attr = self._registry
+        return getattr(importlib.import_module(module), attr)
+
+    def _owners(self, every: bool = False) -> dict[str, type[BaseModel]]:
+        """component name -> its config class: the selected one, or every registered one."""
+        registry = self._registered()
+        names = registry.names() if every or not self._selector \
+            else [getattr(self, self._selector)]
+        found = ((name, getattr(registry.get(name), "config_class", None)) for name in names)
+        return {name: cls for name, cls in found if cls is not None}
+
+    @model_validator(mode="after")
+    def _component_keys(self) -> _Components:
+        prefix = _SECTION_KEYS.get(type(self), "")
+        given = dict(self.__pydantic_extra__ or {})
+        try:
+            owners = self._owners()
+        except KeyError as exc:  # the selector names nothing registered: say what is
+            raise ValueError(f"config key '{prefix}{self._selector}': {exc}") from None
+        values: dict[str, Any] = {}
+        for name, cls in owners.items():
+            _SECTION_KEYS[cls] = f"{prefix}{name}." if self._nested else prefix  # messages
+            if self._nested:
+                mine, where = given.get(name) or {}, f"{prefix}{name}."
+                if not isinstance(mine, Mapping):
+                    raise ValueError(f"'{prefix}{name}' is a table of {name}'s keys, not a value")
+            else:
+                mine, where = {k: v for k, v in given.items() if k in cls.model_fields}, prefix
+            try:
+                obj = cls.model_validate(mine)
+            except ValidationError as exc:
+                raise ValueError(_component_errors(exc, where, name)) from None
+            if self._nested:
+                values[name] = obj
+            else:
+                values.update(obj.model_dump())
+        unknown = sorted(set(given) - set(values))
+        if unknown:
+            raise ValueError(self._unknown(unknown, owners, prefix))
+        self.__pydantic_extra__.clear()
+        self.__pydantic_extra__.update(values)
+        return self
+
+    def _unknown(self, unknown: list[str], owners: dict[str, type[BaseModel]],
+                 prefix: str) -> str:
+        elsewhere = {k: name for name, cls in self._owners(every=True).items()
+                     if name not in owners for k in ([name] if self._nested else cls.model_fields)}
+        lines = []
+        for key in unknown:
+            if key in elsewhere and self._selector:
+                lines.append(f"'{prefix}{key}' is a key of {self._selector} "
+                             f"'{elsewhere[key]}', not of '{getattr(self, self._selector)}'")
+            else:
+                owned = owners if self._nested else [k for c in owners.values()
+                                                     for k in c.model_fields]
+                valid = [*type(self).model_fields, *owned]
+                lines.append(f"unknown config key '{prefix}{key}'"
+                             f"{_closest(key, valid, prefix)}")
+        return "; ".join(lines)
+
+
+def _component_errors(exc: ValidationError, prefix: str, owner: str) -> str:
+    out = []
+    for err in exc.errors():
+        key = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] \
+            else prefix.rstrip(".")  # a check across keys
+        if err["type"] == "extra_forbidden":
+            out.append(f"unknown config key '{key}' ({owner} has no such key)")
+        else:
+            given = err.get("input")
+            got = "" if isinstance(given, Mapping) else f" (got {redact(repr(given))})"
+            out.append(f"config key '{key}' ({owner}): "
+                       f"{err['msg'].removeprefix('Value error, ')}{got}")
+    return "; ".join(out)
+
+
 class TrackingConfig(_Section):
     experiment: str = Field("hyrax", min_length=1, pattern=r"\S")
     cache_dir: str = ".hyrax/cache"
@@ -79,28 +175,13 @@ class PipelineConfig(_Section):
     analyse: bool = False
 
 
-class HSCConfig(_Section):
-    """HSC-SSP `das_cutout` (PDR3): the service's own options."""
+class DownloadConfig(_Components):
+    """Where a dataset is downloaded from. A source's own keys sit in a table named after it
+    (`[download.hsc]`, `[download.rubin]`), declared by the source (its `config_class`)."""
 
-    url: str = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr3"
-    rerun: Literal["pdr3_wide", "pdr3_dud", "pdr3_dud_rev"] = "pdr3_wide"
-    type: Literal["coadd", "coadd/bg"] = "coadd"
-    rects_per_request: int = Field(990, ge=1, le=990)
-    user_env: str = "HSC_SSP_CAS_USER"
-    password_env: str = "HSC_SSP_CAS_PASSWORD"
+    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.sources", "SOURCES")
+    _nested: ClassVar[bool] = True
 
-
-class RubinConfig(_Section):
-    """The Rubin Science Platform: ObsCore (TAP) -> DataLink -> SODA cutout, or a Butler."""
-
-    url: str = "https://data.lsst.cloud"
-    dataset_type: str = "deepCoadd_calexp"
-    token_env: str = "RSP_TOKEN"
-    butler_repo: str = ""
-    butler_collections: list[str] = []
-
-
-class DownloadConfig(_Section):
     source: str = "xdf"
     catalog: str = ""
     bands: list[str] = []
@@ -114,8 +195,6 @@ class DownloadConfig(_Section):
     backoff_s: float = Field(0.5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     credentials_file: str = ""
-    hsc: HSCConfig = HSCConfig()
-    rubin: RubinConfig = RubinConfig()
     detect_threshold: float = Field(3.0, gt=0)
     min_area: int = Field(8, ge=1)
 
@@ -275,20 +354,18 @@ class InferConfig(_Section):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
-class IndexConfig(_Section):
+class IndexConfig(_Components):
+    """Where embeddings are indexed; the backend's own keys (HNSW's, IVF-PQ's) are declared
+    by the backend (`vectors.chroma`, `vectors.lance`: its `config_class`)."""
+
+    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.vectors", "VECTOR_BACKENDS")
+    _selector: ClassVar[str | None] = "backend"
+
     backend: str = "chroma"
     url: str = ""
     path: str = ""
     metric: Literal["cosine", "l2", "ip"] = "cosine"
     vectors: Literal["auto", "embeddings"] = "auto"
-    ef_construction: int = Field(200, ge=1)
-    ef_search: int = Field(200, ge=1)
-    max_neighbors: int = Field(32, ge=2)
-    ivf_min_rows: int = Field(50_000, ge=1)
-    ivf_partitions: int = Field(0, ge=0)
-    pq_sub_vectors: int = Field(0, ge=0)
-    nprobes: int = Field(20, ge=1)
-    refine_factor: int = Field(10, ge=1)
     metadata_columns: list[str] = []
 
 
@@ -319,83 +396,40 @@ class ReduceConfig(_Section):
         return v
 
 
-class AnalyseConfig(_Section):
-    """What `analyse` computes from an infer run: outliers, clusters, crossmatch, quality."""
+class AnalyseConfig(_Components):
+    """What `analyse` computes from an infer run. Each analysis declares its own keys
+    (`analysis.outliers`, `.clusters`, `.crossmatch`, `.quality`: its `config_class`); a
+    key of any registered analysis may be set, whichever `analyses` lists."""
+
+    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.analysis.analyses", "ANALYSES")
 
     analyses: list[str] = ["outliers", "clusters"]
     seed: int = 42
-    # outliers
-    outlier_methods: list[Literal["auto", "knn", "lof", "iforest", "recon", "residual",
-                                  "pixels"]] = ["auto"]
-    outlier_k: int = Field(10, ge=1)
-    top_fraction: float = Field(0.05, gt=0, le=1)
-    gallery: int = Field(25, ge=0)
-    # clusters
-    cluster_method: Literal["hdbscan", "dbscan"] = "hdbscan"
-    cluster_on: Literal["auto", "latent", "map", "catalog"] = "auto"
-    cluster_columns: list[str] = []
-    cluster_umap_first: bool = False
-    min_cluster_size: int = Field(10, ge=2)
-    eps: float = Field(0.5, gt=0)
-    min_samples: int = Field(5, ge=1)
-    # crossmatch
-    reference: str = ""
-    reference_ra: str = Field("ra", min_length=1)
-    reference_dec: str = Field("dec", min_length=1)
-    match_radius_arcsec: float = Field(1.0, gt=0)
-    match_method: Literal["nearest", "greedy"] = "nearest"
-    reference_label: str = ""
-    reference_mag: str = ""
-    catalog_mag: str = ""
-    # quality
-    label_column: str = ""
-    quality_k: int = Field(10, ge=1)
 
-    @field_validator("analyses", "outlier_methods", "cluster_columns")
+    @field_validator("analyses")
     @classmethod
-    def _unique(cls, v: list[str], info) -> list[str]:
+    def _unique(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"{info.field_name} repeats a name: {v}")
-        if info.field_name != "cluster_columns" and not v:
-            raise ValueError(f"{info.field_name} needs at least one name")
+            raise ValueError(f"analyses repeats a name: {v}")
+        if not v:
+            raise ValueError("analyses needs at least one name")
         return v
-
-    @field_validator("outlier_methods")
-    @classmethod
-    def _auto_alone(cls, v: list[str]) -> list[str]:
-        if "auto" in v and len(v) > 1:
-            raise ValueError('"auto" chooses the methods itself: use it alone, or list methods')
-        return v
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AnalyseConfig:
-        if self.cluster_on == "catalog" and not self.cluster_columns:
-            raise ValueError('cluster_on = "catalog" needs analyse.cluster_columns, the catalog '
-                             'columns to cluster on, e.g. ["ra", "dec", "redshift"]')
-        if self.cluster_umap_first and self.cluster_on != "catalog":
-            raise ValueError('analyse.cluster_umap_first applies to cluster_on = "catalog" '
-                             "only (a map is already 2D; cluster_on = \"auto\" clusters a UMAP "
-                             "map of the latent space)")
-        if self.catalog_mag and not self.reference_mag:
-            raise ValueError("analyse.catalog_mag is compared with the reference's magnitude: "
-                             "set analyse.reference_mag too")
-        return self
 
 
 class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    download: DownloadConfig = DownloadConfig()
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
     ingest: IngestConfig = IngestConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     infer: InferConfig = InferConfig()
-    index: IndexConfig = IndexConfig()
+    index: IndexConfig = Field(default_factory=IndexConfig)
     reduce: ReduceConfig = ReduceConfig()
-    analyse: AnalyseConfig = AnalyseConfig()
+    analyse: AnalyseConfig = Field(default_factory=AnalyseConfig)
 
     def section_hash(self, sections: Iterable[str]) -> str:
         """A short, stable hash of the named sections: the identity of a stage's settings."""
@@ -475,7 +509,15 @@ def with_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str] | s
     if not overrides:
         return cfg
     data = cfg.model_dump(mode="json")
-    for key, value in _parse_overrides(overrides).items():
+    parsed = _parse_overrides(overrides)
+    for name, field in Config.model_fields.items():  # a new backend: the old one's keys go
+        selector = getattr(field.annotation, "_selector", None)
+        key = f"{name}.{selector}"
+        if selector and key in parsed and parsed[key] != data[name][selector]:
+            for own in getattr(cfg, name).__pydantic_extra__ or {}:
+                if f"{name}.{own}" not in parsed:
+                    data[name].pop(own, None)
+    for key, value in parsed.items():
         _set_dotted(data, key, value)
     return validate(data)
 
@@ -503,8 +545,8 @@ REGISTERED_KEYS = {
 
 def check_registered(cfg: Config) -> None:
     """Every name a key gives is registered (built-in or a plugin's), when the config loads:
-    `index.backend = "chromaa"` fails here, naming the key and what exists."""
-    import importlib
+    `index.backend = "chromaa"` fails here, naming the key and what exists; and so does a
+    [model] key the registered model does not take."""
 
     for key, (module, attr) in REGISTERED_KEYS.items():
         section, field = key.split(".")
@@ -520,6 +562,8 @@ def check_registered(cfg: Config) -> None:
                 registry.get(name)  # its error names what is registered
             except KeyError as exc:
                 raise ConfigError(f"config key '{key}': {exc.args[0]}") from None
+    if ":" not in cfg.model.name:  # a registered model's keys: its constructor's arguments
+        importlib.import_module("hyrax_mlops.models").model_params(cfg.model)
 
 
 def _merge(base: dict, new: Mapping, prefix: str) -> None:
@@ -565,9 +609,14 @@ def parse_value(raw: str) -> Any:
 
 def _set_dotted(data: dict, key: str, value: Any) -> None:
     parts = key.split(".")
-    node = data
+    node, model = data, Config
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
+        if child is None and isinstance(model, type) and issubclass(model, _Components) \
+                and model._nested:  # a component's table (`download.my_source.step`)
+            child = node[part] = {}  # a name nothing is registered under fails validation
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        model = field.annotation if field is not None else None
         if not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
             if child is None:
@@ -604,7 +653,10 @@ def _explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
             given = err.get("input")  # a whole table (a check across keys) is not repeated
             got = "" if isinstance(given, Mapping) else f" (got {redact(repr(given))})"
             msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"config key '{key}': {msg}{got}")
+            if f"'{key}" in msg or msg.startswith("no "):  # a component's: names its keys
+                lines.append(msg)
+            else:
+                lines.append(f"config key '{key}': {msg}{got}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
@@ -624,28 +676,17 @@ def _schema_for(loc: list[str]) -> type[BaseModel] | None:
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """TOML for our config shape: one table per section, values inline (None is left out)."""
-    out: list[str] = []
-    for table, body in data.items():
-        out.append(f"[{table}]")
-        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in body.items() if v is not None]
-        out.append("")
-    return "\n".join(out)
+    """TOML for our config shape (tomli-w); None, which TOML cannot say, is left out."""
+    import tomli_w
 
+    def without_none(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: without_none(v) for k, v in value.items() if v is not None}
+        if isinstance(value, (list, tuple)):
+            return [without_none(v) for v in value]
+        return value
 
-def _toml_key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float, str)):
-        return json.dumps(v)  # JSON numbers and basic strings are valid TOML
-    if isinstance(v, Mapping):
-        items = [f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items() if x is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return tomli_w.dumps(without_none(data))
 
 
 def require_path(cfg: Config, key: str, kind: Literal["file", "dir"]) -> Path:

@@ -70,27 +70,40 @@ def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[s
     return label, found
 
 
+def latest_analysis(infer_run_id: str):
+    """The newest FINISHED analyse run of these embeddings that measured their quality (its
+    metrics stay on it; compare reads them there), or None."""
+    from mlflow.tracking import MlflowClient
+
+    from hyrax_mlops.tracking import TAG_STAGE
+
+    found = MlflowClient().search_runs(
+        [get_run(infer_run_id).info.experiment_id],
+        f"tags.`{TAG_STAGE}` = 'analyse' AND tags.`{TAG_INPUT}embeddings` = '{infer_run_id}' "
+        "AND attributes.status = 'FINISHED' AND metrics.`quality.knn_purity` >= 0",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0] if found else None
+
+
 def compare_runs(run_ids: Iterable[str]) -> pd.DataFrame:
     """One row per run, best latent space first: rank, run, stage, infer_run, label, scored
     (who measured the quality: "analyse" logged it, "compare" measured it now against the
     dataset's known label, "" none), the quality.* metrics, model_run and its val_loss."""
-    from hyrax_mlops.stages.analyse import TAG_QUALITY_LABEL
-
     use_store()
     rows = []
     for rid in run_ids:
         run = get_run(rid, ("infer", "analyse"))
         stage = run.data.tags["hyrax.stage"]
         if stage == "analyse":
-            infer = get_run(input_run(run, "embeddings"), "infer")
-            label = run.data.params.get("analyse.label_column", "")
-        else:
-            infer = run
-            label = run.data.tags.get(TAG_QUALITY_LABEL, "")
+            infer, scored_by = get_run(input_run(run, "embeddings"), "infer"), run
+        else:  # an infer run: its newest analysis of quality, joined here
+            infer, scored_by = run, latest_analysis(rid)
+        metrics = scored_by.data.metrics if scored_by is not None else {}
+        label = scored_by.data.params.get("analyse.label_column", "") if scored_by else ""
         model_run = infer.data.tags.get(TAG_INPUT + "model")
         row = {"run": rid, "stage": stage, "infer_run": infer.info.run_id, "label": label,
                "scored": "analyse"}
-        row.update({q: run.data.metrics.get(f"quality.{q}", math.nan) for q in QUALITY})
+        row.update({q: metrics.get(f"quality.{q}", math.nan) for q in QUALITY})
         if math.isnan(row["knn_purity"]):  # never analysed with "quality": its known label
             found_label, found = measure_quality(infer.info.run_id,
                                                  input_run(infer, "dataset"))

@@ -1,12 +1,16 @@
 """A small registry per extension point: register by name, look up by name.
 
-Third-party packages extend a registry through the entry-point group `hyrax_mlops.<kind>`;
-a plugin that fails to load becomes a warning, not a crash. A failed lookup lists what exists.
+Built-in entries live in modules named by `builtins`, imported the first time the registry is
+read, so a package's `__init__` (which holds its registry) never imports the modules that
+register into it: no import circles. Third-party packages extend a registry through the
+entry-point group `hyrax_mlops.<kind>`; a plugin that fails to load becomes a warning, not a
+crash. A failed lookup lists what exists.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -18,9 +22,11 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, plural: str | None = None) -> None:
+    def __init__(self, kind: str, plural: str | None = None,
+                 builtins: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.group = f"hyrax_mlops.{plural or kind + 's'}"  # entry-point group of plugins
+        self.builtins = builtins  # modules whose import registers the built-in entries
         self._items: dict[str, T] = {}
         self._plugins_loaded = False
 
@@ -62,6 +68,8 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        for module in self.builtins:
+            importlib.import_module(module)
         for ep in entry_points(group=self.group):
             try:
                 self._items.setdefault(ep.name, ep.load())

@@ -149,7 +149,9 @@ class Searcher:
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         if self.signature is not None and vectors.shape[1] == self.embedding_dim:
             vectors = self.signature.join(vectors, None)
-        return [self._table(hits) for hits in self.index.query(vectors, int(k))]
+        most = self.index.capabilities.get("max_k")  # what the backend says it can return
+        k = min(int(k), most) if most else int(k)
+        return [self._table(hits) for hits in self.index.query(vectors, k)]
 
     def by_id(self, object_ids: Sequence[str], k: int = 10) -> list[pd.DataFrame]:
         try:

@@ -54,6 +54,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HOST = "127.0.0.1"
 BUCKET = "hyrax"
 ARTIFACT_ROOT = f"s3://{BUCKET}/mlflow"
@@ -88,71 +90,72 @@ class StackError(RuntimeError):
     """A service of the local stack could not be started (the message says why)."""
 
 
-# -- processes ---------------------------------------------------------------------------------
-def _stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, session id, start time in clock ticks) of process `pid`, or None."""
+# -- processes (psutil) -------------------------------------------------------------------------
+# A process is known by [pid, create time]: a PID reused by a later process is not it.
+def _process(pid: int, start: float | None = None) -> psutil.Process | None:
+    """The live process `pid` (the one created at `start`, when given), else None."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (OSError, ValueError):
+        proc = psutil.Process(pid)
+        if start is not None and abs(proc.create_time() - start) > 1e-3:
+            return None
+        return None if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD) else proc
+    except psutil.Error:
         return None
-    f = raw[raw.rindex(")") + 2:].split()
-    return f[0], int(f[1]), int(f[3]), int(f[19])
 
 
-def _ident(pid: int) -> list[int] | None:
-    """[pid, start time]: what identifies a process across PID reuse."""
-    st = _stat(pid)
-    return None if st is None else [pid, st[3]]
+def _ident(pid: int) -> list | None:
+    """[pid, create time]: what identifies a process across PID reuse."""
+    proc = _process(pid)
+    with contextlib.suppress(psutil.Error):
+        return None if proc is None else [pid, proc.create_time()]
+    return None
 
 
-def _alive(pid: int, start: int | None = None) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X") and (start is None or st[3] == start)
+def _alive(pid: int, start: float | None = None) -> bool:
+    return _process(pid, start) is not None
 
 
-def _session(sid: int, not_before: int) -> list[list[int]]:
+def _live(procs) -> list[list]:
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                out.append([proc.pid, proc.create_time()])
+    return out
+
+
+def _session(sid: int, not_before: float) -> list[list]:
     """Live processes of session `sid` started no earlier than the session's leader."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = _stat(int(d))
-            if st and st[2] == sid and st[3] >= not_before and st[0] not in ("Z", "X"):
-                out.append([int(d), st[3]])
-    return out
+    def member(proc: psutil.Process) -> bool:
+        with contextlib.suppress(psutil.Error, OSError):
+            return os.getsid(proc.pid) == sid and proc.create_time() >= not_before
+        return False
+
+    return _live(p for p in psutil.process_iter() if member(p))
 
 
-def _children(pid: int) -> list[list[int]]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            st = _stat(int(d))
-            if st and st[1] == pid and st[0] not in ("Z", "X"):
-                out.append([int(d), st[3]])
-    return out
+def _children(pid: int) -> list[list]:
+    proc = _process(pid)
+    with contextlib.suppress(psutil.Error):
+        return [] if proc is None else _live(proc.children())
+    return []
 
 
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _terminate(procs: list[list[int]], timeout: float = 10.0, hard: bool = False) -> list[int]:
-    """SIGTERM (or SIGKILL if `hard`) `procs`, SIGKILL what outlives `timeout`; the survivors."""
-    live = [(p, s) for p, s in procs if _alive(p, s)]
+def _terminate(procs: list[list], timeout: float = 10.0, hard: bool = False) -> list[int]:
+    """SIGTERM (or SIGKILL if `hard`) `procs`, SIGKILL what outlives `timeout`; the survivors.
+    A zombie counts as gone (a container's init may never reap it)."""
+    live = [p for p in (_process(pid, start) for pid, start in procs) if p is not None]
     for sig, wait in ((signal.SIGKILL if hard else signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        for p, _ in live:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(p, sig)
+        for proc in live:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
         deadline = time.monotonic() + wait
         while live and time.monotonic() < deadline:
-            for p, _ in live:
-                _reap(p)
-            live = [(p, s) for p, s in live if _alive(p, s)]
-            if live:
-                time.sleep(0.1)
+            _, live = psutil.wait_procs(live, timeout=0.1)
+            live = [p for p in live if _process(p.pid) is not None]
         if not live:
             break
-    return [p for p, _ in live]
+    return [p.pid for p in live]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -619,7 +622,7 @@ class LocalStack:
         self._save()
 
     # .. stop ..................................................................................
-    def _service_pids(self, name: str) -> list[list[int]]:
+    def _service_pids(self, name: str) -> list[list]:
         svc = self.state["services"][name]
         procs = [p for p in svc.get("pids", []) if _alive(*p)]
         if svc.get("session"):

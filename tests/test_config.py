@@ -9,7 +9,7 @@ import pytest
 
 import hyrax_mlops as hm
 from hyrax_mlops.cli import main
-from hyrax_mlops.config import load_config
+from hyrax_mlops.config import load_config, with_overrides
 from hyrax_mlops.errors import ConfigError
 
 MULTIMODAL = Path(__file__).parent / "data" / "multimodal"
@@ -58,11 +58,12 @@ def test_misspelt_table_and_wrong_type_in_overrides():
 def test_model_arguments_are_checked_against_the_model_signature():
     from hyrax_mlops.models import model_params
 
-    cfg = load_config(None, {"model.latent_dimm": 8})
+    # a registered model's arguments are checked when the config loads
     with pytest.raises(ConfigError, match=r"'model.latent_dimm'.*Did you mean 'model.latent_dim'"):
-        model_params(cfg.model)
+        load_config(None, {"model.latent_dimm": 8})
     with pytest.raises(ConfigError, match=r"no model named 'conv_autoencodr'.*conv_autoencoder"):
-        model_params(load_config(None, {"model.name": "conv_autoencodr"}).model)
+        load_config(None, {"model.name": "conv_autoencodr"})
+    # a model named by import path, when it is built
     with pytest.raises(ConfigError, match="cannot be imported"):
         model_params(load_config(None, {"model.name": "no_such_pkg.mod:Model"}).model)
 
@@ -76,8 +77,7 @@ def test_model_arguments_are_checked_against_the_model_signature():
      "ingest.cutouts_dir"),
     (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.catalog' is required"),
     (["analyse", "--set", "analyse.analyses=[outliers,clustres]"],
-     "no analysis named 'clustres'. Did you mean 'clusters'? Registered: clusters, crossmatch, "
-     "outliers, quality"),
+     "no analysis named 'clustres'. Did you mean 'clusters'? Registered: clusters, crossmatch, "),
     # a catalog-only dataset of the user's own, with no label column quality could fall back on
     (["analyse", "--set", "analyse.analyses=[quality]", "--set", "pipeline.dataset=ingest",
       "--set", f"ingest.catalog={MULTIMODAL / 'objects.csv'}"],
@@ -129,8 +129,54 @@ def test_a_name_nothing_is_registered_under_fails_when_the_config_loads(key, val
     runs no stage) refuses them, naming the key and what is registered."""
     with pytest.raises(ConfigError) as err:
         load_config(None, {key: value})
-    assert str(err.value).startswith(f"config key '{key}': {message}")
+    assert f"config key '{key}': {message}" in str(err.value)
     assert "Registered: " in str(err.value)
     assert main(["config", "--set", f"{key}={value!r}".replace("'", '"')]) == 2
     assert message in capsys.readouterr().err
     assert load_config(None, {"model.name": "user_models:Tiny"})  # an import path: later
+
+
+def test_each_component_owns_its_keys_and_defaults():
+    """The backend's keys are its own (the selected one's only); every analysis's keys are
+    accepted and checked by their owner; a source's sit in its table. defaults.toml shows the
+    same defaults the components declare (the index's as comments: only one backend's keys
+    may be set)."""
+    import re
+
+    import tomllib
+
+    from hyrax_mlops.analysis.analyses import ANALYSES
+    from hyrax_mlops.config import default_config_text
+    from hyrax_mlops.sources import SOURCES
+    from hyrax_mlops.vectors import VECTOR_BACKENDS
+
+    cfg = load_config()
+    assert (cfg.index.ef_search, cfg.download.rubin.butler_repo, cfg.analyse.quality_k) == \
+        (200, "", 10)
+    lance = load_config(None, {"index.backend": "lancedb", "index.nprobes": 7})
+    assert lance.index.nprobes == 7 and not hasattr(lance.index, "ef_search")
+    with pytest.raises(ConfigError, match="'index.nprobes' is a key of backend 'lancedb', not "
+                                          "of 'chroma'"):
+        load_config(None, {"index.nprobes": 7})
+    # another backend by override on a loaded config: the old one's keys do not follow it
+    switched = with_overrides(load_config(None, {"index.ef_search": 50}),
+                              {"index.backend": "lancedb"})
+    assert switched.index.nprobes == 20 and not hasattr(switched.index, "ef_search")
+    with pytest.raises(ConfigError, match=r"config key 'analyse' \(clusters\): cluster_on = "
+                                          r"\"catalog\" needs analyse.cluster_columns"):
+        load_config(None, {"analyse.cluster_on": "catalog"})
+
+    text = default_config_text()
+    shipped = tomllib.loads(text)
+    for name in ANALYSES.names():
+        own = getattr(ANALYSES.get(name), "config_class", None)
+        for key, field in (own.model_fields.items() if own else ()):
+            if key in shipped["analyse"]:  # a plugin's keys are not in the shipped file
+                assert shipped["analyse"][key] == field.default, key
+    for name in ("hsc", "rubin"):
+        assert shipped["download"][name] == SOURCES.get(name).config_class().model_dump()
+    index_block = text.split("[index]")[1].split("\n[")[0]
+    commented = dict(re.findall(r"^#\s+(\w+) = (\S+)", index_block, re.M))
+    for name in ("chroma", "lancedb"):
+        for key, field in VECTOR_BACKENDS.get(name).config_class.model_fields.items():
+            assert int(commented[key]) == field.default, key

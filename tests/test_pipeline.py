@@ -183,8 +183,8 @@ def test_cli_search_and_lineage(demo_store, capsys, tmp_path):
     assert "embeddings: infer" in out and "model: train" in out and "dataset: download" in out
 
 
-def test_second_pipeline_reuses_every_stage_and_one_change_reruns_only_reduce(demo_store):
-    result, cfg = demo_store
+def test_second_pipeline_reuses_every_stage_and_one_change_reruns_only_reduce(demo_sandbox):
+    result, cfg = demo_sandbox
     again = hm.pipeline(cfg)
     assert again.run_id != result.run_id
     for name in STAGES:
@@ -270,18 +270,21 @@ def test_a_stage_s_code_version_follows_the_code_it_runs(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     names = {str(p.relative_to(root)) for p in import_closure("hyrax_mlops.stages.train", root)}
     assert {"stages/train.py", "engine/loop.py", "models/__init__.py", "config.py",
-            "defaults.toml", "tracking.py"} <= names
+            "defaults.toml", "tracking/stage_run.py", "tracking/artifacts.py"} <= names
     assert not names & {"cli.py", "api.py", "__init__.py", "search.py", "stages/index.py"}
 
     def versions() -> dict[str, str]:
         version_of.cache_clear()
-        return {s: version_of(s, root) for s in ("train", "index", "pipeline")}
+        return {s: version_of(s, root) for s in ("download", "train", "index", "pipeline")}
 
     before = versions()
-    assert len(set(before.values())) == 3
+    assert len(set(before.values())) == 4
     for path, changes in (("cli.py", set()), ("search.py", set()),
                           ("analysis/stamp_statistics.py", {"index", "pipeline"}),
-                          ("engine/loop.py", {"train", "index", "pipeline"})):
+                          ("engine/loop.py", {"train", "index", "pipeline"}),
+                          # a built-in source, registered when SOURCES is first read (train,
+                          # and index through it, can stream cutouts from a source)
+                          ("sources/xdf.py", {"download", "train", "index", "pipeline"})):
         (root / path).write_text((root / path).read_text() + "\n# a comment\n")
         after = versions()
         assert {s for s in before if after[s] != before[s]} == changes, path

@@ -26,7 +26,8 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(backend, tmp_path):
     cls = VECTOR_BACKENDS.get(backend)
-    cfg = IndexConfig(backend=backend, path=str(tmp_path / backend), ivf_min_rows=3000)
+    own = {"ivf_min_rows": 3000} if backend == "lancedb" else {}  # IVF-PQ above 3000 rows
+    cfg = IndexConfig(backend=backend, path=str(tmp_path / backend), **own)
     x = clustered(4000, 16)
     ids = [f"OBJ{i:05d}" for i in range(len(x))]
     meta = [{"flux": float(i), "band": "g" if i % 2 else "r", "z": np.nan} for i in range(len(x))]

@@ -57,6 +57,7 @@ class AnalysisResult:
 
 
 Analysis = Callable[[AnalysisContext], AnalysisResult]
-ANALYSES: Registry[Analysis] = Registry("analysis", plural="analyses")
-
-from hyrax_mlops.analysis import clusters, crossmatch, outliers, quality  # noqa: E402,F401
+ANALYSES: Registry[Analysis] = Registry(
+    "analysis", plural="analyses",
+    builtins=("hyrax_mlops.analysis.clusters", "hyrax_mlops.analysis.crossmatch",
+              "hyrax_mlops.analysis.outliers", "hyrax_mlops.analysis.quality"))

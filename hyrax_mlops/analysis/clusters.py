@@ -11,11 +11,14 @@ catalog value, which are not clustered).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
+from pydantic import Field, model_validator
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
-from hyrax_mlops.config import AnalyseConfig
+from hyrax_mlops.config import AnalyseConfig, ComponentConfig
 from hyrax_mlops.errors import ConfigError
 
 CLUSTERS_TABLE = "analysis/clusters.parquet"
@@ -144,6 +147,31 @@ def _display_xy(ctx: AnalysisContext, space: np.ndarray, ok: np.ndarray) -> tupl
     return xy, ", shown by PCA"
 
 
+class ClustersConfig(ComponentConfig):
+    """`[analyse]` keys of "clusters"."""
+
+    cluster_method: Literal["hdbscan", "dbscan"] = "hdbscan"
+    cluster_on: Literal["auto", "latent", "map", "catalog"] = "auto"
+    cluster_columns: list[str] = []
+    cluster_umap_first: bool = False
+    min_cluster_size: int = Field(10, ge=2)
+    eps: float = Field(0.5, gt=0)
+    min_samples: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClustersConfig:
+        if len(set(self.cluster_columns)) != len(self.cluster_columns):
+            raise ValueError(f"cluster_columns repeats a name: {self.cluster_columns}")
+        if self.cluster_on == "catalog" and not self.cluster_columns:
+            raise ValueError('cluster_on = "catalog" needs analyse.cluster_columns, the catalog '
+                             'columns to cluster on, e.g. ["ra", "dec", "redshift"]')
+        if self.cluster_umap_first and self.cluster_on != "catalog":
+            raise ValueError('analyse.cluster_umap_first applies to cluster_on = "catalog" '
+                             "only (a map is already 2D; cluster_on = \"auto\" clusters a UMAP "
+                             "map of the latent space)")
+        return self
+
+
 @ANALYSES.register("clusters")
 def clusters(ctx: AnalysisContext) -> AnalysisResult:
     cfg = ctx.cfg
@@ -179,3 +207,6 @@ def clusters(ctx: AnalysisContext) -> AnalysisResult:
         columns={"cluster": labels},
         tags={SPACE_TAG: where},
     )
+
+
+clusters.config_class = ClustersConfig

@@ -14,11 +14,14 @@ Unmatched objects get ref_index -1 and a NaN separation.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, model_validator
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
+from hyrax_mlops.config import ComponentConfig
 from hyrax_mlops.errors import ConfigError, DataError
 
 CROSSMATCH_TABLE = "analysis/crossmatch.parquet"
@@ -155,6 +158,26 @@ def crossmatch_table(ids: np.ndarray, catalog: pd.DataFrame, reference: pd.DataF
     return table
 
 
+class CrossmatchConfig(ComponentConfig):
+    """`[analyse]` keys of "crossmatch": the reference catalog and how to match it."""
+
+    reference: str = ""
+    reference_ra: str = Field("ra", min_length=1)
+    reference_dec: str = Field("dec", min_length=1)
+    match_radius_arcsec: float = Field(1.0, gt=0)
+    match_method: Literal["nearest", "greedy"] = "nearest"
+    reference_label: str = ""
+    reference_mag: str = ""
+    catalog_mag: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CrossmatchConfig:
+        if self.catalog_mag and not self.reference_mag:
+            raise ValueError("analyse.catalog_mag is compared with the reference's magnitude: "
+                             "set analyse.reference_mag too")
+        return self
+
+
 @ANALYSES.register("crossmatch")
 def crossmatch(ctx: AnalysisContext) -> AnalysisResult:
     cfg = ctx.cfg
@@ -181,3 +204,6 @@ def crossmatch(ctx: AnalysisContext) -> AnalysisResult:
         ["crossmatch: no object has ra/dec, so nothing was matched"]
     return AnalysisResult(tables={CROSSMATCH_TABLE: table}, metrics=metrics, columns=columns,
                           notes=notes)
+
+
+crossmatch.config_class = CrossmatchConfig

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
+from hyrax_mlops.config import ComponentConfig
 from hyrax_mlops.errors import ConfigError
 
 OUTLIERS_TABLE = "analysis/outliers.parquet"
@@ -131,6 +134,27 @@ def statistics_score(ctx: AnalysisContext, method: str) -> tuple[np.ndarray, np.
     return significance({c: stats[c].to_numpy(dtype=float) for c in keep})
 
 
+class OutliersConfig(ComponentConfig):
+    """`[analyse]` keys of "outliers" (see defaults.toml for what each method measures)."""
+
+    outlier_methods: list[Literal["auto", "knn", "lof", "iforest", "recon", "residual",
+                                  "pixels"]] = ["auto"]
+    outlier_k: int = Field(10, ge=1)
+    top_fraction: float = Field(0.05, gt=0, le=1)
+    gallery: int = Field(25, ge=0)
+
+    @field_validator("outlier_methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"outlier_methods repeats a name: {v}")
+        if not v:
+            raise ValueError("outlier_methods needs at least one name")
+        if "auto" in v and len(v) > 1:
+            raise ValueError('"auto" chooses the methods itself: use it alone, or list methods')
+        return v
+
+
 @ANALYSES.register("outliers")
 def outliers(ctx: AnalysisContext) -> AnalysisResult:
     cfg = ctx.cfg
@@ -178,3 +202,6 @@ def outliers(ctx: AnalysisContext) -> AnalysisResult:
     elif cfg.gallery:
         result.notes.append("outliers: no gallery, the dataset's pixels are not stored")
     return result
+
+
+outliers.config_class = OutliersConfig

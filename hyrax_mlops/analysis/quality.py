@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
+from hyrax_mlops.config import ComponentConfig
 from hyrax_mlops.errors import ConfigError
 
 PREFIX = "quality."
@@ -82,6 +84,13 @@ def labels_of(ctx: AnalysisContext) -> tuple[np.ndarray, np.ndarray]:
     return has, text.to_numpy(dtype=object)[has].astype(str)
 
 
+class QualityConfig(ComponentConfig):
+    """`[analyse]` keys of "quality": the label judged against, and k of the kNN purity."""
+
+    label_column: str = ""
+    quality_k: int = Field(10, ge=1)
+
+
 @ANALYSES.register("quality")
 def quality(ctx: AnalysisContext) -> AnalysisResult:
     cfg = ctx.cfg
@@ -119,3 +128,6 @@ def quality(ctx: AnalysisContext) -> AnalysisResult:
     table.insert(1, "chance", (table["n_objects"] - 1) / (len(labels) - 1))
     result.tables[BY_CLASS] = table.reset_index()
     return result
+
+
+quality.config_class = QualityConfig

@@ -25,16 +25,11 @@ from hyrax_mlops.config import ModelConfig
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.registry import Registry
 
-MODELS: Registry[type] = Registry("model")
+MODELS: Registry[type] = Registry(
+    "model", builtins=("hyrax_mlops.models.autoencoder", "hyrax_mlops.models.classifier",
+                       "hyrax_mlops.models.fusion", "hyrax_mlops.models.ssl"))
 REQUIRED_METHODS = ("training_step",)
 OUTPUT_METHODS = ("embed", "predict")  # at least one
-
-from hyrax_mlops.models import (  # noqa: E402,F401  (built-ins register themselves)
-    autoencoder,
-    classifier,
-    fusion,
-    ssl,
-)
 
 
 def resolve_model_class(name: str) -> type:

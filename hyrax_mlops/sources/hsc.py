@@ -15,7 +15,11 @@ from __future__ import annotations
 import io
 import re
 import tarfile
+from typing import Literal
 
+from pydantic import Field
+
+from hyrax_mlops.config import ComponentConfig
 from hyrax_mlops.downloader.credentials import basic_auth
 from hyrax_mlops.downloader.engine import InvalidResponse, Outcome, Request
 from hyrax_mlops.downloader.journal import Journal
@@ -27,7 +31,7 @@ from hyrax_mlops.sources.survey import (
     DownloadContext,
     SurveySource,
     Target,
-    fetch_survey,
+    survey_entry,
 )
 
 FILTERS = {"g": "HSC-G", "r": "HSC-R", "i": "HSC-I", "z": "HSC-Z", "y": "HSC-Y"}
@@ -36,6 +40,17 @@ NARROW = ("NB0387", "NB0400", "NB0468", "NB0515", "NB0527", "NB0656", "NB0718", 
 COLUMNS = "rerun type filter tract ra dec sw sh image mask variance"
 MEMBER = re.compile(r"(?:.*/)?(?P<lineno>\d+)-(?:cutout|coadd\+bg)-(?P<filter>[^/]+)"
                     r"-(?P<tract>\d+)-(?P<rerun>[^/]+)\.fits")
+
+
+class HSCConfig(ComponentConfig):
+    """`[download.hsc]`: HSC-SSP `das_cutout` (PDR3), the service's own options."""
+
+    url: str = "https://hsc-release.mtk.nao.ac.jp/das_cutout/pdr3"
+    rerun: Literal["pdr3_wide", "pdr3_dud", "pdr3_dud_rev"] = "pdr3_wide"
+    type: Literal["coadd", "coadd/bg"] = "coadd"
+    rects_per_request: int = Field(990, ge=1, le=990)
+    user_env: str = "HSC_SSP_CAS_USER"
+    password_env: str = "HSC_SSP_CAS_PASSWORD"
 
 
 @SURVEYS.register("hsc")
@@ -134,4 +149,4 @@ class HSC(SurveySource):
                         ctx, "cutouts", prepare=lambda s: creds.apply(s, url))
 
 
-SOURCES.register("hsc")(fetch_survey)
+SOURCES.register("hsc")(survey_entry(HSCConfig))

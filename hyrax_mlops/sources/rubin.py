@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from hyrax_mlops.config import ComponentConfig
 from hyrax_mlops.downloader.credentials import bearer_token
 from hyrax_mlops.downloader.engine import InvalidResponse, PermanentError, Request
 from hyrax_mlops.downloader.journal import Journal
@@ -26,7 +27,7 @@ from hyrax_mlops.sources.survey import (
     DownloadContext,
     SurveySource,
     Target,
-    fetch_survey,
+    survey_entry,
 )
 
 BANDS = ("u", "g", "r", "i", "z", "y")
@@ -47,6 +48,17 @@ def _query_error(vot) -> str | None:
             if info.name == "QUERY_STATUS" and str(info.value).upper() == "ERROR":
                 return (info.content or "query failed").strip()
     return None
+
+
+class RubinConfig(ComponentConfig):
+    """`[download.rubin]`: the Rubin Science Platform (ObsCore/TAP -> DataLink -> SODA
+    cutout), or a Butler repo."""
+
+    url: str = "https://data.lsst.cloud"
+    dataset_type: str = "deepCoadd_calexp"
+    token_env: str = "RSP_TOKEN"
+    butler_repo: str = ""
+    butler_collections: list[str] = []
 
 
 @SURVEYS.register("rubin")
@@ -179,4 +191,4 @@ class Rubin(SurveySource):
                         journal, ctx, "cutouts", prepare=prepare)
 
 
-SOURCES.register("rubin")(fetch_survey)
+SOURCES.register("rubin")(survey_entry(RubinConfig))

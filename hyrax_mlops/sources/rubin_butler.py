@@ -14,7 +14,7 @@ from hyrax_mlops.downloader.journal import Journal
 from hyrax_mlops.downloader.staging import CutoutStore, TooSmall, center_crop, item_key
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.sources.rubin import Rubin
-from hyrax_mlops.sources.survey import DownloadContext, Target
+from hyrax_mlops.sources.survey import BUTLER, SURVEYS, DownloadContext, Target
 
 
 def require_butler():
@@ -30,8 +30,9 @@ def require_butler():
     return Butler, geom
 
 
+@SURVEYS.register(BUTLER)
 class ButlerRubin(Rubin):
-    name = "rubin-butler"
+    name = BUTLER
 
     def __init__(self, cfg: DownloadConfig) -> None:
         super().__init__(cfg)

@@ -89,23 +89,34 @@ class SurveySource(ABC):
         (`item_key(object_id, band)`) in `journal` as done or failed with its reason."""
 
 
-SURVEYS: Registry[type[SurveySource]] = Registry("survey source")
+SURVEYS: Registry[type[SurveySource]] = Registry(
+    "survey source", builtins=("hyrax_mlops.sources.hsc", "hyrax_mlops.sources.rubin",
+                               "hyrax_mlops.sources.rubin_butler"))
+BUTLER = "rubin-butler"  # Rubin read from a Butler repo (download.rubin.butler_repo)
 
 
 def survey_source(cfg: DownloadConfig) -> SurveySource:
-    """The survey source `cfg.source` names, built (bands checked) from the config."""
-    source = SURVEYS.get(cfg.source)(cfg)
-    if cfg.source == "rubin" and cfg.rubin.butler_repo:
-        from hyrax_mlops.sources.rubin_butler import ButlerRubin
-
-        source = ButlerRubin(cfg)
-    return source
+    """The survey source `cfg.source` names, built (bands checked) from the config: Rubin's
+    from a Butler when `download.rubin.butler_repo` is set, else from its SODA service."""
+    name = BUTLER if cfg.source == "rubin" and cfg.rubin.butler_repo else cfg.source
+    return SURVEYS.get(name)(cfg)
 
 
 def fetch_survey(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
     """The `download` source function of every survey (`hsc`, `rubin`, ...): cutouts of each
     `download.catalog` row in `download.bands`."""
     return download_survey(survey_source(cfg), cfg, Path(cfg.catalog).expanduser(), out_dir, ctx)
+
+
+def survey_entry(config_class: type) -> Callable[..., dict[str, Any]]:
+    """A survey's entry in SOURCES: `fetch_survey`, carrying the survey's own keys (its
+    `[download.<name>]` table) as `config_class`."""
+
+    def fetch(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
+        return fetch_survey(cfg, out_dir, ctx)
+
+    fetch.config_class = config_class
+    return fetch
 
 
 def read_targets(path: Path, limit: int = 0) -> tuple[list[Target], list[dict], dict]:

@@ -108,3 +108,6 @@ def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[st
         "pixels": "8-bit display values, rows flipped to FITS order",
     }
     return writer.close(source, requested=len(order))
+
+
+fetch_xdf.catalog_columns = CATALOG_COLUMNS  # known before the download (config checks)

@@ -43,18 +43,20 @@ def table_columns(path: Path) -> list[str] | None:
     return None
 
 
-def expected_columns(cfg: Config) -> list[str] | None:
-    """The columns the dataset this config makes will have; None when not knowable yet."""
-    if cfg.pipeline.dataset == "ingest":
+def expected_columns(cfg: Config, stage: str | None = None) -> list[str] | None:
+    """The columns of the dataset this config's `stage` ("download" or "ingest"; default
+    `pipeline.dataset`) will make; None when not knowable yet."""
+    if (stage or cfg.pipeline.dataset) == "ingest":
         cols = table_columns(Path(cfg.ingest.catalog).expanduser()) if cfg.ingest.catalog \
             else None
         if cols is not None and cfg.ingest.cutouts_dir:
             cols += [c for c in _FROM_WCS if c not in cols]
         return cols
-    if cfg.download.source == "xdf":
-        from hyrax_mlops.sources.xdf import CATALOG_COLUMNS
+    from hyrax_mlops.sources import SOURCES
 
-        return list(CATALOG_COLUMNS)
+    declared = getattr(SOURCES.get(cfg.download.source), "catalog_columns", None)
+    if declared:  # a source that makes its own catalog says which columns it has
+        return list(declared)
     if cfg.download.catalog:
         return table_columns(Path(cfg.download.catalog).expanduser())
     return None

@@ -3,7 +3,7 @@
 Artifacts: one table per analysis under `analysis/` (Parquet keyed by object_id, summaries as
 CSV), plots under `plots/`, and `analysis/columns.parquet`, every per-object column the
 analyses made (outlier_score, cluster, ref_label, ...) in one row per object. Quality metrics
-(`quality.*`) are also logged on the infer run they evaluate, so infer runs sort by them.
+(`quality.*`) stay on the analyse run; `compare` finds an infer run's newest one.
 """
 
 from __future__ import annotations
@@ -16,15 +16,21 @@ from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
 from hyrax_mlops.config import Config, require_path, with_overrides
 from hyrax_mlops.errors import ConfigError, LineageError
 from hyrax_mlops.summaries import formatter
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
+from hyrax_mlops.tracking import (
+    StageRun,
+    StageSpec,
+    get_run,
+    input_run,
+    run_of_input,
+    run_stage,
+    say,
+)
 
 SECTIONS = ("analyse",)
 COLUMNS = "analysis/columns.parquet"
 QUALITY = "quality."
 TAG_MAP = "hyrax.analyse.map"
 TAG_NOTES = "hyrax.analyse.notes"
-TAG_QUALITY_RUN = "hyrax.quality.analyse_run"  # on an infer run: where its quality.* came from
-TAG_QUALITY_LABEL = "hyrax.quality.label"
 CROSSMATCH_LABEL = "ref_label"
 
 
@@ -70,20 +76,17 @@ def quality_label(cfg: Config, columns) -> Config:
     return with_overrides(cfg, {"analyse.label_column": label})
 
 
-def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
+def run(cfg: Config, embeddings: str, *, map: str | None = None,
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
     from hyrax_mlops.data.dataset import sha256_file
 
     reference = check(cfg)
-    infer = get_run(infer_run_id, "infer")
+    infer = get_run(embeddings, "infer")
     cfg = resolve_auto_methods(cfg, infer)
     dataset_run_id = input_run(infer, "dataset")
-    inputs = {"embeddings": infer_run_id, "dataset": dataset_run_id}
-    if reduce_run_id:
-        if input_run(get_run(reduce_run_id, "reduce"), "embeddings") != infer_run_id:
-            raise LineageError(f"reduce run '{reduce_run_id}' mapped other embeddings than "
-                               f"infer run '{infer_run_id}': pass a reduce run of that infer run.")
-        inputs["map"] = reduce_run_id
+    inputs = {"embeddings": embeddings, "dataset": dataset_run_id}
+    if map:
+        inputs["map"] = run_of_input(map, "reduce", "embeddings", embeddings).info.run_id
     elif cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
         raise ConfigError("config key 'analyse.cluster_on' = \"map\" needs a reduce run: pass "
                           "--map RUN (map= in Python), or cluster_on = \"auto\" (a UMAP map "
@@ -102,11 +105,10 @@ def run(cfg: Config, infer_run_id: str, *, reduce_run_id: str | None = None,
                      name="analyse-" + "+".join(cfg.analyse.analyses))
 
     def body(run_id: str) -> dict[str, str]:
-        return _analyse(cfg, infer_run_id, dataset_run_id, dataset, reduce_run_id, model,
+        return _analyse(cfg, embeddings, dataset_run_id, dataset, map, model,
                         table)
 
     result = run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
-    publish_quality(result.run_id, infer_run_id)
     result.summary = summary(result.run_id, cfg)  # printed under the run's headline
     return result
 
@@ -415,22 +417,3 @@ def _log_table(table, path: str, tmp: Path) -> None:
         table.to_parquet(local, index=False)
     mlflow.log_artifact(str(local), str(Path(path).parent))
 
-
-def publish_quality(analyse_run_id: str, infer_run_id: str) -> None:
-    """Copy an analyse run's quality.* metrics onto the infer run it evaluated (the latest
-    evaluation wins), with tags saying which run and which labels they came from."""
-    import mlflow
-    from mlflow.entities import Metric, RunTag
-    from mlflow.tracking import MlflowClient
-
-    run = mlflow.get_run(analyse_run_id)
-    quality = {k: v for k, v in run.data.metrics.items() if k.startswith(QUALITY)}
-    if not quality:
-        return
-    now = int(time.time() * 1000)
-    MlflowClient().log_batch(
-        infer_run_id,
-        metrics=[Metric(k, v, now, 0) for k, v in quality.items()],
-        tags=[RunTag(TAG_QUALITY_RUN, analyse_run_id),
-              RunTag(TAG_QUALITY_LABEL, run.data.params.get("analyse.label_column", ""))],
-    )

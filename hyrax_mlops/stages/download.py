@@ -50,7 +50,7 @@ def check(cfg: Config):
         survey_source(cfg.download).credentials()
     elif cfg.data.mode == "stream":
         raise ConfigError(f"data.mode = \"stream\" fetches cutouts from a survey source "
-                          f"({', '.join(SURVEYS.names())}), not from "
+                          f"({', '.join(n for n in SURVEYS.names() if n in SOURCES)}), not from "
                           f"download.source = '{cfg.download.source}'. Fix: set "
                           "download.source, or data.mode = \"dataset\".")
     return source

@@ -11,7 +11,14 @@ import numpy as np
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage
+from hyrax_mlops.tracking import (
+    StageRun,
+    StageSpec,
+    get_run,
+    input_run,
+    run_of_input,
+    run_stage,
+)
 from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name, legacy_collection_name
 
 SECTIONS = ("index",)
@@ -23,10 +30,17 @@ INDEX_JSON = "index.json"  # the run's artifact: collection, metric, location, s
 
 
 def backend(cfg: Config):
+    """The backend class `index.backend` names, checked against what it declares it can do
+    (`capabilities`: its metrics)."""
     try:
-        return VECTOR_BACKENDS.get(cfg.index.backend)
+        cls = VECTOR_BACKENDS.get(cfg.index.backend)
     except KeyError as exc:
         raise ConfigError(f"config key 'index.backend': {exc}") from None
+    metrics = cls.capabilities.get("metrics")
+    if metrics is not None and cfg.index.metric not in metrics:
+        raise ConfigError(f"config key 'index.metric' = '{cfg.index.metric}': backend "
+                          f"'{cfg.index.backend}' offers {', '.join(metrics)}")
+    return cls
 
 
 def measured_statistics(analyse_run) -> bool:
@@ -49,10 +63,7 @@ def statistics_run(cfg: Config, infer_run_id: str, analyse_run_id: str | None) -
     if cfg.index.vectors == "embeddings":
         return None
     if analyse_run_id:
-        run = get_run(analyse_run_id, "analyse")
-        if run.data.tags.get(TAG_INPUT + "embeddings") != infer_run_id:
-            raise LineageError(f"analyse run {analyse_run_id} analysed other embeddings than "
-                               f"{infer_run_id}: pass an analyse run of the same infer run.")
+        run = run_of_input(analyse_run_id, "analyse", "embeddings", infer_run_id)
         if not measured_statistics(run):
             raise LineageError(f"analyse run {analyse_run_id} measured no stamp statistics "
                                "(its outlier methods were neither \"residual\" nor \"pixels\"); "
@@ -66,13 +77,13 @@ def statistics_run(cfg: Config, infer_run_id: str, analyse_run_id: str | None) -
     return found[0].info.run_id if found else None
 
 
-def run(cfg: Config, infer_run_id: str, *, analyse_run_id: str | None = None,
+def run(cfg: Config, embeddings: str, *, analysis: str | None = None,
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
     backend_cls = backend(cfg)
-    dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
-    statistics = statistics_run(cfg, infer_run_id, analyse_run_id)
-    name = collection_name(infer_run_id, cfg.index, statistics)
-    inputs = {"embeddings": infer_run_id, "dataset": dataset_run_id}
+    dataset_run_id = input_run(get_run(embeddings, "infer"), "dataset")
+    statistics = statistics_run(cfg, embeddings, analysis)
+    name = collection_name(embeddings, cfg.index, statistics)
+    inputs = {"embeddings": embeddings, "dataset": dataset_run_id}
     if statistics:
         inputs["statistics"] = statistics
     spec = StageSpec("index", SECTIONS, inputs=inputs,
@@ -89,7 +100,7 @@ def run(cfg: Config, infer_run_id: str, *, analyse_run_id: str | None = None,
         return size is not None and size == run.data.metrics.get("n_vectors")
 
     def body(run_id: str) -> None:
-        _index(cfg, backend_cls, name, infer_run_id, dataset_run_id, statistics)
+        _index(cfg, backend_cls, name, embeddings, dataset_run_id, statistics)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id,
                      still_valid=still_there)

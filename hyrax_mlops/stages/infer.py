@@ -30,27 +30,27 @@ def model_uri(cfg: Config, train_run_id: str | None) -> str:
     return f"runs:/{train_run_id}/model"
 
 
-def run(cfg: Config, *, train_run_id: str | None = None, dataset_run_id: str | None = None,
+def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None,
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
     import mlflow
 
     from hyrax_mlops.tracking import use_store
 
     use_store()
-    uri = model_uri(cfg, train_run_id)
+    uri = model_uri(cfg, train_run)
     try:
         info = mlflow.models.get_model_info(uri)
     except Exception as exc:
         raise LineageError(f"cannot find model '{uri}': {exc}") from None
     source_run = info.run_id
-    if dataset_run_id is None:
-        dataset_run_id = input_run(get_run(source_run, "train"), "dataset")
-    get_run(dataset_run_id, DATASET_STAGES)
-    spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset_run_id, "model": source_run},
+    if dataset is None:
+        dataset = input_run(get_run(source_run, "train"), "dataset")
+    get_run(dataset, DATASET_STAGES)
+    spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset, "model": source_run},
                      fingerprint=info.model_id, name=_run_name(uri, source_run))
 
     def body(run_id: str) -> dict[str, str]:
-        return _infer(cfg, uri, dataset_run_id)
+        return _infer(cfg, uri, dataset)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
 

@@ -75,7 +75,8 @@ def _peel(cfg: Config, start, rounds: int, selection: list[str] | None,
     import mlflow
     import pandas as pd
 
-    from hyrax_mlops.stages import analyse, filter, infer, reduce, train
+    from hyrax_mlops.stages import filter
+    from hyrax_mlops.stages.resolve import Resolver
 
     analyse_id = start.info.run_id
     dataset_id = input_run(start, "dataset")
@@ -86,13 +87,11 @@ def _peel(cfg: Config, start, rounds: int, selection: list[str] | None,
         else:
             remove, why = top_outliers(cfg, analyse_id), f"top outliers of analyse {analyse_id}"
         ds = filter.run(cfg, dataset_id, remove, reason=f"round {r}: {why}", parent_run_id=parent)
-        tr = train.run(cfg, ds.run_id, parent_run_id=parent, name_suffix=f"peel{r}")
-        inf = infer.run(cfg, train_run_id=tr.run_id, dataset_run_id=ds.run_id,
-                        parent_run_id=parent)
-        red = None
-        if cfg.analyse.cluster_on == "map" and "clusters" in cfg.analyse.analyses:
-            red = reduce.run(cfg, inf.run_id, parent_run_id=parent).run_id
-        an = analyse.run(cfg, inf.run_id, reduce_run_id=red, parent_run_id=parent)
+        # the round's train, infer (and map) and analyse, all on the filtered dataset
+        resolver = Resolver(cfg, parent_run_id=parent, pinned={"dataset": ds.run_id})
+        tr = resolver.make("train", options={"name_suffix": f"peel{r}"})
+        an = resolver.make("analyse")
+        inf = resolver.made["infer"]
         metrics = mlflow.get_run(an.run_id).data.metrics
         row = {"round": r, "removed": len(remove), "reason": why, "dataset": ds.run_id,
                "train": tr.run_id, "infer": inf.run_id, "analyse": an.run_id,

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.stages import analyse, download, index, infer, ingest, reduce, train
+from hyrax_mlops.stages import train
+from hyrax_mlops.stages.resolve import Resolver
 from hyrax_mlops.tracking import (
+    DATASET_STAGES,
     TAG_REUSED,
     TAG_STAGE_RUN,
     StageRun,
     StageSpec,
-    get_run,
     run_stage,
 )
 
@@ -36,52 +37,39 @@ class PipelineResult:
         return "\n".join(lines)
 
 
+def stages(cfg: Config) -> list[str]:
+    """The stages a pipeline asks for, in order; each one's inputs come from those before."""
+    return ["train", "infer", "reduce", *(["analyse"] if cfg.pipeline.analyse else []),
+            "index"]  # index after analyse: its stamp statistics join the vectors
+
+
 def check(cfg: Config) -> None:
     """Every check of every stage this config will run, before the parent run exists: names,
     keys, paths, the user's catalog, and the catalog columns the config names."""
-    from hyrax_mlops.stages._columns import check_columns, expected_columns
-
-    if cfg.pipeline.dataset == "ingest":
-        ingest.check(cfg)
-    else:
-        download.check(cfg)
-    train.check_config(cfg)
-    index.backend(cfg)
-    reduce.check(cfg)
-    columns = expected_columns(cfg)
-    if cfg.pipeline.analyse:
-        analyse.check(cfg)
-        analyse.quality_label(cfg, columns)
-    check_columns(cfg, columns)
+    resolver = Resolver(cfg)
+    planned: list[str] = []
+    for stage in stages(cfg):
+        planned += [s for s in resolver.plan(stage) if s not in planned]
+    resolver.check(planned)
 
 
-def run(cfg: Config, *, force: bool = False) -> PipelineResult:
+def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None
+        ) -> PipelineResult:
+    """Every stage as a nested run of one pipeline run; checked first by the resolver (the
+    pipeline stage's `check`)."""
     import mlflow
 
-    check(cfg)
     result = PipelineResult(run_id="")
 
     def body(parent: str) -> None:
         result.run_id = parent
+        resolver = Resolver(cfg, parent_run_id=parent, force_upstream=force)
+        for stage in stages(cfg):
+            resolver.make(stage, force=force)
         steps = result.stages
-        data_stage = ingest if cfg.pipeline.dataset == "ingest" else download
-        steps["dataset"] = data_stage.run(cfg, force=force, parent_run_id=parent)
-        dataset_id = steps["dataset"].run_id
-        steps["train"] = train.run(cfg, dataset_id, force=force, parent_run_id=parent)
-        steps["infer"] = infer.run(cfg, train_run_id=steps["train"].run_id,
-                                   dataset_run_id=dataset_id, force=force, parent_run_id=parent)
-        steps["reduce"] = reduce.run(cfg, steps["infer"].run_id, force=force,
-                                     parent_run_id=parent)
-        if cfg.pipeline.analyse:  # on the map just made, when it has a 2D one
-            map_run = steps["reduce"].run_id if 2 in cfg.reduce.dims else None
-            steps["analyse"] = analyse.run(cfg, steps["infer"].run_id, reduce_run_id=map_run,
-                                           force=force, parent_run_id=parent)
-        # after analyse: its stamp statistics join the vectors (index.vectors = "auto")
-        analysed = steps["analyse"].run_id if "analyse" in steps else None
-        if analysed and not index.measured_statistics(get_run(analysed)):
-            analysed = None
-        steps["index"] = index.run(cfg, steps["infer"].run_id, analyse_run_id=analysed,
-                                   force=force, parent_run_id=parent)
+        steps["dataset"] = resolver.made[cfg.pipeline.dataset]
+        steps.update((name, step) for name, step in resolver.made.items()
+                     if name not in DATASET_STAGES)
         for name, step in steps.items():
             mlflow.set_tag(TAG_STAGE_RUN + name, step.run_id)
             mlflow.set_tag(TAG_REUSED + name, str(step.reused).lower())
@@ -89,5 +77,6 @@ def run(cfg: Config, *, force: bool = False) -> PipelineResult:
 
     source = (cfg.download.source if cfg.pipeline.dataset == "download" else "ingest")
     name = train.run_name(cfg).replace("train-", f"pipeline-{source}-", 1)
-    run_stage(StageSpec("pipeline", ALL_SECTIONS, name=name), cfg, body, force=True)
+    run_stage(StageSpec("pipeline", ALL_SECTIONS, name=name), cfg, body, force=True,
+              parent_run_id=parent_run_id)
     return result

@@ -23,10 +23,10 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"config key 'reduce.methods': {exc}") from None
 
 
-def run(cfg: Config, infer_run_id: str, *, force: bool = False,
+def run(cfg: Config, embeddings: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
     check(cfg)
-    dataset_run_id = input_run(get_run(infer_run_id, "infer"), "dataset")
+    dataset_run_id = input_run(get_run(embeddings, "infer"), "dataset")
     catalog = _catalog(cfg, dataset_run_id)
     color, note = _color_by(cfg, catalog)
     from hyrax_mlops.tracking import name_hint
@@ -35,7 +35,7 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
                      changed={"reduce.dims": "d", "reduce.umap_n_neighbors": "nn",
                               "reduce.umap_metric": "", "reduce.seed": "s"})
     spec = StageSpec("reduce", SECTIONS,
-                     inputs={"embeddings": infer_run_id, "dataset": dataset_run_id}, name=name)
+                     inputs={"embeddings": embeddings, "dataset": dataset_run_id}, name=name)
 
     def body(run_id: str) -> dict[str, str]:
         if note:
@@ -43,7 +43,7 @@ def run(cfg: Config, infer_run_id: str, *, force: bool = False,
 
             say(note)
             mlflow.set_tag("hyrax.note.color_by", note)
-        return _reduce(cfg, infer_run_id, catalog, color)
+        return _reduce(cfg, embeddings, catalog, color)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
 

@@ -1,11 +1,14 @@
 """The stages as data: what each is called, which config sections it reads, which runs it
-takes (and which stage makes each), and the registered kinds its help lists.
+takes (which stage makes each, and whether to make it when not given), its config check and
+the registered kinds its help lists.
 
 The doors read this one table. The CLI builds a subcommand per stage with a flag per input;
 MLproject's entry points (`render_mlproject`, checked against the file by the tests) pass
 each input through `entrypoints/stage.py`; the Python door's function for a stage takes each
-input as a keyword. Adding a stage: its module (a `SECTIONS` tuple and a door in `api`) and
-one `STAGES.register` call here.
+input as a keyword; `stages.resolve` makes or reuses the inputs a call is not given, for
+every door, `pipeline` and `peel`. Adding a stage: its module (`SECTIONS`, a config `check`
+and `run(cfg, <inputs>, *, force, parent_run_id)`), one `_stage(...)` call here and its
+door in `api`.
 
     python -m hyrax_mlops.stages.registry > MLproject   # after adding a stage or an input
 """
@@ -13,9 +16,24 @@ one `STAGES.register` call here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from hyrax_mlops.registry import Registry
+
+if TYPE_CHECKING:
+    from hyrax_mlops.config import Config
+
+# Which stage makes an input the call was not given: a stage name, or None to leave it unset
+# (the stage then decides, e.g. infer embeds its train run's dataset). `made` holds the runs
+# made so far in this resolution by stage name (None while only planned).
+MakeRule = Callable[["Config", Mapping[str, Any]], "str | None"]
+
+
+def _never(cfg: Config, made: Mapping[str, Any]) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,7 @@ class Input:
     name: str
     made_by: tuple[str, ...]
     help: str
+    make: MakeRule = _never
 
     @property
     def flag(self) -> str:
@@ -38,25 +57,66 @@ class Stage:
     module: str  # the stage's module: its SECTIONS, check and run
     inputs: tuple[Input, ...] = ()
     kinds: tuple[str, ...] = ()  # registered kinds its --help lists (cli._KINDS)
+    check: str | None = "check"  # the module's function checking the config alone
+
+    def code(self) -> ModuleType:
+        return importlib.import_module(self.module)
 
     @property
     def sections(self) -> tuple[str, ...]:
         """The config sections the stage's identity hashes (its module's SECTIONS)."""
-        module = importlib.import_module(self.module)
+        module = self.code()
         return tuple(getattr(module, "SECTIONS", None) or module.ALL_SECTIONS)
+
+    def check_config(self, cfg: Config) -> None:
+        """Everything the stage can check before any run exists (names, keys, paths)."""
+        if self.check:
+            getattr(self.code(), self.check)(cfg)
 
 
 STAGES: Registry[Stage] = Registry("stage")
 
 
-def _stage(name: str, *inputs: Input, kinds: tuple[str, ...] = ()) -> None:
-    STAGES.register(name)(Stage(name, f"hyrax_mlops.stages.{name}", inputs, kinds))
+def _stage(name: str, *inputs: Input, kinds: tuple[str, ...] = (),
+           check: str | None = "check") -> None:
+    STAGES.register(name)(Stage(name, f"hyrax_mlops.stages.{name}", inputs, kinds, check))
+
+
+def _dataset_stage(cfg: Config, made: Mapping[str, Any]) -> str:
+    return cfg.pipeline.dataset  # "download" or "ingest"
+
+
+def _train_stage(cfg: Config, made: Mapping[str, Any]) -> str | None:
+    return None if cfg.infer.model else "train"
+
+
+def _infer_stage(cfg: Config, made: Mapping[str, Any]) -> str:
+    return "infer"
+
+
+def _map_stage(cfg: Config, made: Mapping[str, Any]) -> str | None:
+    """The 2D map analyse clusters: the reduce run made alongside (pipeline) when it has one,
+    else made from the config only when `analyse.cluster_on = "map"` asks for it."""
+    a = cfg.analyse
+    if "reduce" in made and 2 in cfg.reduce.dims:
+        return "reduce"
+    return "reduce" if a.cluster_on == "map" and "clusters" in a.analyses else None
+
+
+def _statistics_stage(cfg: Config, made: Mapping[str, Any]) -> str | None:
+    """The analyse run made alongside (pipeline), if it measured stamp statistics; otherwise
+    none, and index takes the newest analyse run of its embeddings that did."""
+    from hyrax_mlops.stages.index import measured_statistics
+    from hyrax_mlops.tracking import get_run
+
+    analysed = made.get("analyse")
+    return "analyse" if analysed and measured_statistics(get_run(analysed.run_id)) else None
 
 
 _DATASET = Input("dataset", ("download", "ingest", "filter"),
-                 "dataset run id (default: make or reuse it from the config)")
+                 "dataset run id (default: make or reuse it from the config)", _dataset_stage)
 _EMBEDDINGS = Input("embeddings", ("infer",),
-                    "infer run id (default: make or reuse it from the config)")
+                    "infer run id (default: make or reuse it from the config)", _infer_stage)
 
 _stage("download", Input("resume", ("download",),
                          "continue this interrupted download run, fetching what is missing"),
@@ -64,22 +124,23 @@ _stage("download", Input("resume", ("download",),
 _stage("ingest")
 _stage("train", _DATASET, Input("resume", ("train",), "continue this interrupted train run "
                                                       "from its last checkpoint"),
-       kinds=("models", "backbones", "augmentations"))
+       kinds=("models", "backbones", "augmentations"), check="check_config")
 _stage("tune", _DATASET, kinds=("models", "backbones", "augmentations"))
 _stage("infer", Input("train_run", ("train", "tune"),
-                      "train run id (default: infer.model, else from the config)"),
+                      "train run id (default: infer.model, else from the config)", _train_stage),
        Input("dataset", ("download", "ingest", "filter"),
-             "dataset run id to embed (default: the train run's dataset)"))
+             "dataset run id to embed (default: the train run's dataset)"), check=None)
 _stage("index", _EMBEDDINGS,
        Input("analysis", ("analyse",), "analyse run of the same infer run whose stamp "
                                        "statistics join the vectors (index.vectors=auto; "
-                                       "default: its newest that measured them, if any)"),
-       kinds=("backends",))
+                                       "default: its newest that measured them, if any)",
+             _statistics_stage),
+       kinds=("backends",), check="backend")
 _stage("reduce", _EMBEDDINGS, kinds=("reducers",))
 _stage("analyse", _EMBEDDINGS,
        Input("map", ("reduce",), "reduce run id of the same infer run: its 2D map is clustered "
                                  "(analyse.cluster_on=map) and scored (default: none, or made "
-                                 "from the config when clustering on the map)"),
+                                 "from the config when clustering on the map)", _map_stage),
        kinds=("analyses", "reducers"))
 _stage("pipeline", kinds=("sources", "models", "backends", "reducers", "analyses"))
 

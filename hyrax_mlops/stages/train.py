@@ -54,12 +54,12 @@ def run_name(cfg: Config, suffix: str = "") -> str:
         f"-{suffix}" if suffix else "")
 
 
-def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
+def run(cfg: Config, dataset: str, *, force: bool = False,
         parent_run_id: str | None = None, name_suffix: str = "") -> StageRun:
-    labels = check(cfg, dataset_run_id)
-    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset_run_id}, fingerprint=labels,
+    labels = check(cfg, dataset)
+    spec = StageSpec("train", SECTIONS, inputs={"dataset": dataset}, fingerprint=labels,
                      name=run_name(cfg, name_suffix))
-    return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset_run_id, run_id), force=force,
+    return run_stage(spec, cfg, lambda run_id: _train(cfg, dataset, run_id), force=force,
                      parent_run_id=parent_run_id)
 
 

@@ -19,15 +19,15 @@ def check(cfg: Config) -> None:
     check_space(cfg)
 
 
-def run(cfg: Config, dataset_run_id: str, *, force: bool = False,
+def run(cfg: Config, dataset: str, *, force: bool = False,
         parent_run_id: str | None = None) -> StageRun:
     check(cfg)
-    get_run(dataset_run_id, DATASET_STAGES)
+    get_run(dataset, DATASET_STAGES)
     from hyrax_mlops.stages.train import run_name
 
     name = run_name(cfg).replace("train-", "tune-", 1) + f"-{cfg.tune.num_samples}trials"
-    spec = StageSpec("tune", SECTIONS, inputs={"dataset": dataset_run_id}, name=name)
-    return run_stage(spec, cfg, lambda run_id: _tune(cfg, dataset_run_id, run_id), force=force,
+    spec = StageSpec("tune", SECTIONS, inputs={"dataset": dataset}, name=name)
+    return run_stage(spec, cfg, lambda run_id: _tune(cfg, dataset, run_id), force=force,
                      parent_run_id=parent_run_id)
 
 

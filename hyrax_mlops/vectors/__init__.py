@@ -20,9 +20,8 @@ from hyrax_mlops.vectors.base import CollectionNotFound, IndexUnreachable, Vecto
 if TYPE_CHECKING:
     from hyrax_mlops.config import IndexConfig
 
-VECTOR_BACKENDS: Registry[type[VectorIndex]] = Registry("vector_backend")
-
-from hyrax_mlops.vectors import chroma, lance  # noqa: E402,F401  (built-ins register themselves)
+VECTOR_BACKENDS: Registry[type[VectorIndex]] = Registry(
+    "vector_backend", builtins=("hyrax_mlops.vectors.chroma", "hyrax_mlops.vectors.lance"))
 
 __all__ = ["VECTOR_BACKENDS", "CollectionNotFound", "IndexUnreachable", "VectorIndex",
            "collection_name", "legacy_collection_name"]

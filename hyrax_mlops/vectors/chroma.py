@@ -9,8 +9,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from pydantic import Field
 
-from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.config import ComponentConfig, IndexConfig
 from hyrax_mlops.redact import redact
 from hyrax_mlops.vectors import VECTOR_BACKENDS
 from hyrax_mlops.vectors.base import CollectionNotFound, VectorIndex, unreachable
@@ -81,8 +82,17 @@ def _clean(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ChromaConfig(ComponentConfig):
+    """HNSW's keys in `[index]` when `backend = "chroma"`."""
+
+    ef_construction: int = Field(200, ge=1)  # build effort
+    ef_search: int = Field(200, ge=1)  # query effort: recall against latency
+    max_neighbors: int = Field(32, ge=2)  # graph degree (M)
+
+
 @VECTOR_BACKENDS.register("chroma")
 class ChromaIndex(VectorIndex):
+    config_class = ChromaConfig
     capabilities = {"max_k": None, "metadata": True, "metrics": ("cosine", "l2", "ip")}
 
     def __init__(self, collection, location: dict[str, Any], client) -> None:

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from hyrax_mlops.config import IndexConfig
+from hyrax_mlops.config import ComponentConfig, IndexConfig
 from hyrax_mlops.errors import ConfigError, HyraxError
 from hyrax_mlops.redact import redact
 from hyrax_mlops.vectors import VECTOR_BACKENDS
@@ -59,8 +60,19 @@ def _conform(data, schema):
                                 schema=schema)
 
 
+class LanceConfig(ComponentConfig):
+    """IVF-PQ's keys in `[index]` when `backend = "lancedb"`."""
+
+    ivf_min_rows: int = Field(50_000, ge=1)  # exact search below this many rows
+    ivf_partitions: int = Field(0, ge=0)  # 0 = sqrt(rows)
+    pq_sub_vectors: int = Field(0, ge=0)  # 0 = dim/8
+    nprobes: int = Field(20, ge=1)  # partitions searched per query
+    refine_factor: int = Field(10, ge=1)  # re-rank refine_factor*k (at least 100) candidates
+
+
 @VECTOR_BACKENDS.register("lancedb")
 class LanceIndex(VectorIndex):
+    config_class = LanceConfig
     capabilities = {"max_k": None, "metadata": True, "metrics": tuple(_METRICS)}
 
     def __init__(self, db, name: str, location: dict[str, Any], settings: dict[str, Any]) -> None:

@@ -1,0 +1,65 @@
+"""The artifact cache: a run's artifacts as local files, read in place from a local store,
+else downloaded once per run into `tracking.cache_dir`."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import shutil
+from pathlib import Path
+
+from hyrax_mlops.config import Config
+
+
+@functools.lru_cache(maxsize=4096)
+def _artifact_uri(store: str, run_id: str) -> str:
+    """A run's artifact location never changes: one store query per run, not per read."""
+    import mlflow
+
+    return mlflow.get_run(run_id).info.artifact_uri
+
+
+def _local_artifact(run_id: str, path: str) -> Path | None:
+    """The artifact's own path when the run's artifact store is a local directory."""
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    parsed = urlparse(_artifact_uri(mlflow.get_tracking_uri(), run_id))
+    if parsed.scheme not in ("", "file"):
+        return None
+    target = Path(unquote(parsed.path)) / path
+    return target if target.exists() else None
+
+
+def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
+    """Local copy of a run's artifact (file or folder), through MLflow, cached by run id.
+
+    Works the same for a local store and a remote one (S3, an MLflow server). Artifacts that
+    already sit on a local disk are read where they are: copying gigabytes of shards would
+    cost more than the work that reads them.
+    """
+    import fcntl
+
+    import mlflow
+
+    local = _local_artifact(run_id, path)
+    if local is not None:
+        return local
+    root = Path(cfg.tracking.cache_dir).expanduser().resolve() / run_id
+    key = hashlib.sha1(path.encode()).hexdigest()[:10]
+    marker = root / f".complete-{key}"
+    target = root / path
+    if marker.exists() and target.exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".lock-{key}", "w") as lock:  # workers on one machine share the cache
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and target.exists():
+            return target
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                            dst_path=str(root))
+        marker.touch()
+    return target
