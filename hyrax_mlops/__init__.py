@@ -45,3 +45,10 @@ __all__ = [
     "train",
     "tune",
 ]
+
+
+def __getattr__(name: str):
+    """`hm.<stage>` for a registered stage without a door of its own in `api`."""
+    from hyrax_mlops import api
+
+    return getattr(api, name)

@@ -32,6 +32,35 @@ def _make(stage: str, config: ConfigLike, overrides: Overrides, force: bool, **g
     return make(stage, load_config(config, overrides), force=force, **given)
 
 
+def __getattr__(name: str):
+    """The door of a registered stage that has none written below (a new or a plugin's
+    stage): `hm.<stage>(config, overrides, *, force=False, <input>=RUN_ID, ...)`."""
+    import inspect
+
+    from hyrax_mlops.stages.registry import STAGES
+
+    if name.startswith("_") or name not in STAGES:
+        raise AttributeError(f"module 'hyrax_mlops' has no attribute '{name}'")
+    inputs = [i.name for i in STAGES.get(name).inputs]
+
+    def door(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False,
+             **given: str | None):
+        unknown = sorted(set(given) - set(inputs))
+        if unknown:
+            raise TypeError(f"{name}() takes no input {', '.join(unknown)}; its inputs: "
+                            f"{', '.join(inputs) or 'none'}")
+        return _make(name, config, overrides, force, **given)
+
+    p = inspect.Parameter
+    door.__signature__ = inspect.Signature(
+        [p("config", p.POSITIONAL_OR_KEYWORD, default=None),
+         p("overrides", p.POSITIONAL_OR_KEYWORD, default=None),
+         p("force", p.KEYWORD_ONLY, default=False),
+         *(p(i, p.KEYWORD_ONLY, default=None) for i in inputs)])
+    door.__name__ = door.__qualname__ = name
+    door.__doc__ = f"Make or reuse the {name} stage (inputs: {', '.join(inputs) or 'none'})."
+    return door
+
 
 def download(config: ConfigLike = None, overrides: Overrides = None, *, force: bool = False,
              resume: str | None = None):

@@ -154,6 +154,12 @@ def _stage_next(result) -> list[str]:
     rid = result.run_id
     if result.stage == "analyse":
         return _analyse_next(rid)
+    from hyrax_mlops.stages.registry import STAGES
+
+    if result.stage in STAGES:  # a stage may say itself what comes next
+        own = getattr(STAGES.get(result.stage).code(), "next_steps", None)
+        if own is not None:
+            return own(rid)
     return {
         "download": [f"hyrax-mlops train --dataset {rid}"],
         "ingest": [f"hyrax-mlops train --dataset {rid}"],

@@ -7,8 +7,8 @@ MLproject's entry points (`render_mlproject`, checked against the file by the te
 each input through `entrypoints/stage.py`; the Python door's function for a stage takes each
 input as a keyword; `stages.resolve` makes or reuses the inputs a call is not given, for
 every door, `pipeline` and `peel`. Adding a stage: its module (`SECTIONS`, a config `check`
-and `run(cfg, <inputs>, *, force, parent_run_id)`), one `_stage(...)` call here and its
-door in `api`.
+and `run(cfg, <inputs>, *, force, parent_run_id)`) and one `_stage(...)` call here; `api`
+gives it a door (`hm.<stage>`) and the CLI a subcommand.
 
     python -m hyrax_mlops.stages.registry > MLproject   # after adding a stage or an input
 """
@@ -65,8 +65,8 @@ class Stage:
     @property
     def sections(self) -> tuple[str, ...]:
         """The config sections the stage's identity hashes (its module's SECTIONS)."""
-        module = self.code()
-        return tuple(getattr(module, "SECTIONS", None) or module.ALL_SECTIONS)
+        module = self.code()  # () for a stage that reads no config: its inputs identify it
+        return tuple(module.SECTIONS if hasattr(module, "SECTIONS") else module.ALL_SECTIONS)
 
     def check_config(self, cfg: Config) -> None:
         """Everything the stage can check before any run exists (names, keys, paths)."""
@@ -143,6 +143,9 @@ _stage("analyse", _EMBEDDINGS,
                                  "from the config when clustering on the map)", _map_stage),
        kinds=("analyses", "reducers"))
 _stage("pipeline", kinds=("sources", "models", "backends", "reducers", "analyses"))
+_stage("export", _EMBEDDINGS,
+       Input("analysis", ("analyse",), "analyse run of the same infer run whose per-object "
+                                       "columns join the table (default: none)"))
 
 # the order of the MLproject file and of `hyrax-mlops --help`
 ORDER = ("download", "ingest", "train", "tune", "infer", "index", "reduce", "analyse",
