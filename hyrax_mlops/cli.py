@@ -223,7 +223,7 @@ def _next_steps(result, example_id: str = "OBJECT_ID") -> str:
         f"\npipeline run {result.run_id}\n"
         "Look at the results:\n"
         f"{ui}"
-        f"  hyrax-mlops lineage {red}\n"
+        f"  hyrax-mlops lineage {result.run_id}     # every run behind this one\n"
         f"  hyrax-mlops search --run {idx} --id {shlex.quote(example_id)} -k 10\n"
         f"  maps: artifacts of run {red} (reductions.html, plots/*.png)"
     )

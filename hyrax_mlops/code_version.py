@@ -94,3 +94,39 @@ def code_version(stage: str | None = None, root: Path = ROOT) -> str:
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def external_code(cfg, sections) -> str:
+    """A hash of the source files of the components `cfg` names in `sections` that live
+    outside this package (a plugin's analysis, a model named by import path), so that editing
+    one re-runs the stages using it instead of reusing their runs; "" when there are none."""
+    import importlib
+    import inspect
+
+    from hyrax_mlops.config import REGISTERED_KEYS
+
+    files: set[str] = set()
+    for key, (module, attr) in REGISTERED_KEYS.items():
+        section, field = key.split(".")
+        if section not in sections:
+            continue
+        value = getattr(getattr(cfg, section), field)
+        for name in value if isinstance(value, list) else [value]:
+            try:
+                if ":" in name:  # a model by import path, package.module:Class
+                    path, _, attr_name = name.partition(":")
+                    obj = getattr(importlib.import_module(path), attr_name)
+                else:
+                    obj = getattr(importlib.import_module(module), attr).get(name)
+                where = inspect.getmodule(obj)
+                if where is not None and not where.__name__.startswith(PACKAGE):
+                    files.add(inspect.getsourcefile(obj) or "")
+            except Exception:  # noqa: BLE001 - unresolvable here: the stage's check says why
+                continue
+    files.discard("")
+    if not files:
+        return ""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(Path(path).read_bytes())
+    return f"+ext.{digest.hexdigest()[:12]}"

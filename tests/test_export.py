@@ -36,13 +36,20 @@ def test_export_writes_one_table_for_topcat(demo_sandbox, capsys):
     flat = pd.read_parquet(f"{local}/objects.parquet")
     assert flat["flux"].tolist() == pytest.approx(list(fits["flux"]))
     assert mlflow.get_run(exported.run_id).data.metrics["n_objects"] == len(ids)
+    # the run ids behind the table travel in its header; the app's thumbnails stay behind
+    assert (fits.meta["HYRAXEMB"], fits.meta["HYRAXANA"]) == (infer_run, analysed.run_id)
+    assert not any(str(v).startswith("data:image/") for c in flat.columns
+                   for v in flat[c].head(50) if isinstance(v, str))
 
     # the CLI door is the same stage: reused, and it says where the table is
     assert main(["export", "--embeddings", infer_run, "--analysis", analysed.run_id,
                  "--set", "tracking.experiment=test"]) == 0
     out = capsys.readouterr().out
     assert f"reused  export-analysed  run {exported.run_id}" in out
-    assert f"mlflow artifacts download -r {exported.run_id} -a export" in out
+    assert "objects, " in out and "export/objects.fits (embedding as one vector column)" in out
+    shown = next(line.split()[2] for line in out.splitlines() if "next: open " in line)
+    assert shown.endswith(f"{exported.run_id}/artifacts/export/objects.fits")  # in place
+    assert len(Table.read(shown)) == len(ids)
 
 
 def test_export_refuses_an_analysis_of_other_embeddings(demo_sandbox):

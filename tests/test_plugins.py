@@ -88,3 +88,60 @@ def test_a_pipeline_runs_on_the_plugins_with_their_own_keys(store):
     assert trained.data.params["model.name"] == "example_linear_ae"
     assert trained.data.params["model.hidden"] == "32"
     assert np.isfinite(trained.data.metrics["best_val_loss"])
+
+
+TINY_MODEL = """
+import torch.nn.functional as F
+from torch import nn
+
+
+class Tiny(nn.Module):
+    def __init__(self, input_shape, latent_dim: int = 4):
+        super().__init__()
+        n = 1
+        for d in input_shape:
+            n *= d
+        self.shape = tuple(input_shape)
+        self.enc, self.dec = nn.Sequential(nn.Flatten(), nn.Linear(n, latent_dim)), \\
+            nn.Linear(latent_dim, n)
+
+    def training_step(self, batch):
+        x = batch["image"]
+        return F.mse_loss(self.dec(self.enc(x)).view(-1, *self.shape), x)
+
+    def embed(self, batch):
+        return self.enc(batch["image"])
+"""
+
+
+def test_editing_code_outside_the_package_re_runs_what_uses_it(store, tmp_path, monkeypatch):
+    """A user model named by import path (a plugin likewise) is part of the train run's code
+    version: the same config reuses the run, an edit to the model's file re-trains."""
+    (tmp_path / "my_tiny_model.py").write_text(TINY_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    over = {"tracking.experiment": "outside", "download.limit": 40, "train.epochs": 1,
+            "model.name": "my_tiny_model:Tiny"}
+    first = hm.train(None, over)
+    assert hm.train(None, over).reused
+    (tmp_path / "my_tiny_model.py").write_text(TINY_MODEL + "\n# a tuned comment\n")
+    again = hm.train(None, over)
+    assert not again.reused
+    versions = [mlflow.get_run(r.run_id).data.tags["hyrax.code_version"] for r in (first, again)]
+    assert all("+ext." in v for v in versions) and versions[0] != versions[1]
+
+
+def test_an_analysis_that_cannot_take_the_context_is_refused_before_any_run(store):
+    from hyrax_mlops.analysis.analyses import ANALYSES
+
+    def wrong(cfg, out_dir, ctx):  # a source's signature, given to an analysis
+        raise AssertionError("never called")
+
+    ANALYSES.register("example_wrong_signature")(wrong)
+    try:
+        with pytest.raises(ConfigError, match=r"analysis 'example_wrong_signature' \(.*wrong\) "
+                                              r"cannot be called as analysis\(ctx\)"):
+            hm.analyse(None, {"analyse.analyses": ["example_wrong_signature"],
+                              "download.limit": 20})
+        assert mlflow.search_runs(search_all_experiments=True).empty
+    finally:
+        ANALYSES._items.pop("example_wrong_signature")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
 from hyrax_mlops.config import Config, require_path, with_overrides
-from hyrax_mlops.errors import ConfigError, LineageError
+from hyrax_mlops.errors import ConfigError, HyraxError, LineageError
 from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import (
     StageRun,
@@ -39,9 +39,10 @@ def check(cfg: Config) -> Path | None:
     a = cfg.analyse
     for name in a.analyses:
         try:
-            ANALYSES.get(name)
+            fn = ANALYSES.get(name)
         except KeyError as exc:
             raise ConfigError(f"config key 'analyse.analyses': {exc}") from None
+        _check_contract(name, fn)
     if "quality" in a.analyses and a.label_column == CROSSMATCH_LABEL:
         before = a.analyses[:a.analyses.index("quality")]
         if "crossmatch" not in before or not a.reference_label:
@@ -51,6 +52,34 @@ def check(cfg: Config) -> Path | None:
     if "crossmatch" in a.analyses:
         return require_path(cfg, "analyse.reference", "file")
     return None
+
+
+def _check_contract(name: str, fn) -> None:
+    """An analysis (a plugin's too) is called as `fn(ctx) -> AnalysisResult`: one whose
+    signature cannot take that fails here, naming it, before any run exists."""
+    import inspect
+
+    try:
+        inspect.signature(fn).bind(None)
+    except (TypeError, ValueError):
+        where = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', fn)}"
+        raise ConfigError(f"analysis '{name}' ({where}) cannot be called as analysis(ctx) -> "
+                          f"AnalysisResult: its signature is {inspect.signature(fn)}. Fix: "
+                          "take one argument, the AnalysisContext (README: Plugins)") from None
+
+
+def _run_one(name: str, ctx):
+    """Run one analysis; a plugin's failure is reported as the plugin's, not hyrax's."""
+    fn = ANALYSES.get(name)
+    if getattr(fn, "__module__", "").startswith("hyrax_mlops."):
+        return fn(ctx)
+    try:
+        return fn(ctx)
+    except HyraxError:
+        raise
+    except Exception as exc:
+        raise HyraxError(f"analysis '{name}' (plugin {fn.__module__}) failed: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def fallback_label(columns) -> str | None:
@@ -381,7 +410,7 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
     with tempfile.TemporaryDirectory(prefix="hyrax-analyse-") as tmp:
         for name in cfg.analyse.analyses:
             start = time.perf_counter()
-            result = ANALYSES.get(name)(ctx)
+            result = _run_one(name, ctx)
             for path, table in result.tables.items():
                 outputs[Path(path).with_suffix("").as_posix()] = path
                 _log_table(table, path, Path(tmp))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hyrax_mlops.config import Config
+from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import (
     StageRun,
     StageSpec,
@@ -28,10 +29,26 @@ def check(cfg: Config) -> None:
     """Nothing in the config to check."""
 
 
+@formatter("export")
+def _summary(run) -> list[str]:
+    m = run.data.metrics
+    return [f"{int(m.get('n_objects', 0))} objects, {int(m.get('n_columns', 0))} columns "
+            "(catalog, analysis) + the embedding: export/objects.fits (embedding as one vector "
+            "column), export/objects.parquet (emb_0, emb_1, ... columns)"]
+
+
 def next_steps(run_id: str) -> list[str]:
-    """What the terminal suggests after an export run."""
-    return [f"mlflow artifacts download -r {run_id} -a export -d .   "
-            "# export/objects.fits opens in TOPCAT"]
+    """Where the table is: its own path in a local store, else the download command with the
+    store named (it works from any folder)."""
+    from hyrax_mlops.redact import redact
+    from hyrax_mlops.tracking import tracking_uri
+    from hyrax_mlops.tracking.artifacts import local_artifact
+
+    local = local_artifact(run_id, f"{TABLE}.fits")
+    if local is not None:
+        return [f"open {local}   # in TOPCAT (or astropy.table.Table.read)"]
+    return [f"MLFLOW_TRACKING_URI={redact(tracking_uri())} mlflow artifacts download "
+            f"-r {run_id} -a export -d .   # export/objects.fits opens in TOPCAT"]
 
 
 def run(cfg: Config, embeddings: str, *, analysis: str | None = None, force: bool = False,
@@ -65,15 +82,18 @@ def _export(cfg: Config, embeddings: str, dataset: str, analysis: str | None) ->
         extra = pd.read_parquet(fetch_artifacts(analysis, COLUMNS, cfg))
         extra = extra.assign(object_id=extra["object_id"].astype(str))
         table = table.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))
-    table["embedding"] = list(vectors)
+    images = [c for c in table.columns if pd.api.types.is_string_dtype(table[c])
+              and table[c].dropna().astype(str).str.startswith("data:image/").any()]
+    table = table.drop(columns=images)  # the app's thumbnails (PNG data URIs): not data
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        flat = table.drop(columns="embedding")
-        flat.assign(**{f"emb_{i}": vectors[:, i] for i in range(vectors.shape[1])}).to_parquet(
+        table.assign(**{f"emb_{i}": vectors[:, i] for i in range(vectors.shape[1])}).to_parquet(
             out / "objects.parquet", index=False)
-        fits = Table.from_pandas(flat)
+        fits = Table.from_pandas(table)
         fits["embedding"] = np.asarray(vectors, dtype=np.float32)  # one vector column
+        fits.meta.update({"HYRAXEMB": embeddings, "HYRAXDS": dataset,
+                          "HYRAXANA": analysis or "", "ORIGIN": "hyrax-mlops export"})
         fits.write(out / "objects.fits", format="fits")
         mlflow.log_artifacts(str(out), "export")
-    mlflow.log_metric("n_objects", len(table))
+    mlflow.log_metrics({"n_objects": len(table), "n_columns": len(table.columns)})
     return {"table": f"{TABLE}.fits"}

@@ -19,7 +19,7 @@ def _artifact_uri(store: str, run_id: str) -> str:
     return mlflow.get_run(run_id).info.artifact_uri
 
 
-def _local_artifact(run_id: str, path: str) -> Path | None:
+def local_artifact(run_id: str, path: str) -> Path | None:
     """The artifact's own path when the run's artifact store is a local directory."""
     from urllib.parse import unquote, urlparse
 
@@ -43,7 +43,7 @@ def fetch_artifacts(run_id: str, path: str, cfg: Config) -> Path:
 
     import mlflow
 
-    local = _local_artifact(run_id, path)
+    local = local_artifact(run_id, path)
     if local is not None:
         return local
     root = Path(cfg.tracking.cache_dir).expanduser().resolve() / run_id

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from hyrax_mlops.code_version import code_version
+from hyrax_mlops.code_version import code_version, external_code
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import LineageError
 from hyrax_mlops.redact import redact
@@ -63,7 +63,8 @@ class StageSpec:
         tags = {
             TAG_STAGE: self.stage,
             TAG_CONFIG_HASH: cfg.section_hash(self.sections),
-            TAG_CODE_VERSION: code_version(self.stage),
+            # plus the plugins and user models it runs, which live outside the package
+            TAG_CODE_VERSION: code_version(self.stage) + external_code(cfg, self.sections),
         }
         tags.update({TAG_INPUT + name: rid for name, rid in self.inputs.items()})
         if self.fingerprint:
