@@ -14,21 +14,9 @@ from collections.abc import Sequence
 
 from hyrax_mlops.errors import HyraxError
 from hyrax_mlops.redact import redact
+from hyrax_mlops.registry import KINDS, registry_of
 
-# the registries each command's --help lists (title -> registry, imported only for --help)
-_KINDS = {
-    "sources": ("hyrax_mlops.sources", "SOURCES"),
-    "models": ("hyrax_mlops.models", "MODELS"),
-    "backbones": ("hyrax_mlops.models.backbones", "BACKBONES"),
-    "augmentations": ("hyrax_mlops.data.augment", "AUGMENTATIONS"),
-    "backends": ("hyrax_mlops.vectors", "VECTOR_BACKENDS"),
-    "reducers": ("hyrax_mlops.analysis.reducers", "REDUCERS"),
-    "analyses": ("hyrax_mlops.analysis.analyses", "ANALYSES"),
-}
-_KIND_KEYS = {"sources": "download.source", "models": "model.name",
-              "backbones": "model.backbone", "augmentations": "model.augmentations",
-              "backends": "index.backend", "reducers": "reduce.methods",
-              "analyses": "analyse.analyses"}
+# the kinds (registry.KINDS) peel's --help lists, and the singular names `list` also takes
 _PEEL_KINDS = ("analyses",)
 _KIND_ALIASES = {"source": "sources", "model": "models", "backbone": "backbones",
                  "augmentation": "augmentations", "backend": "backends",
@@ -37,10 +25,7 @@ _KIND_ALIASES = {"source": "sources", "model": "models", "backbone": "backbones"
 
 
 def registered(kind: str) -> list[str]:
-    import importlib
-
-    module, attr = _KINDS[kind]
-    return getattr(importlib.import_module(module), attr).names()
+    return registry_of(kind).names()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
                     names = ", ".join(registered(kind))
                 except Exception as exc:  # noqa: BLE001 - help must print anyway
                     names = f"(cannot list: {type(exc).__name__})"
-                lines.append(f"  {kind} ({_KIND_KEYS[kind]}): {names}")
+                lines.append(f"  {kind} ({KINDS[kind].key}): {names}")
             self.epilog = "\n".join(lines)
         return super().format_help()
 
@@ -119,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered sources, models, backbones, "
                                     "augmentations, vector backends, reducers, analyses")
     p.add_argument("kind", nargs="?", metavar="KIND",
-                   help=f"only these: {', '.join(_KINDS)} (default: all)")
+                   help=f"only these: {', '.join(KINDS)} (default: all)")
     p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
@@ -310,14 +295,14 @@ def _compare(args: argparse.Namespace) -> int:
 def _list(kind: str | None = None) -> int:
     """`list`: every registry, one line each; `list KIND`: that one's names, one a line."""
     if kind is None:
-        for name in _KINDS:
+        for name in KINDS:
             title = "vector backends" if name == "backends" else name
             print(f"{title}: {', '.join(registered(name))}")
         return 0
     key = _KIND_ALIASES.get(kind.lower(), kind.lower())
-    if key not in _KINDS:
+    if key not in KINDS:
         raise HyraxError(f"`hyrax-mlops list {kind}`: no such kind. Fix: one of "
-                         f"{', '.join(_KINDS)} (or none, for all)")
+                         f"{', '.join(KINDS)} (or none, for all)")
     for name in registered(key):
         print(name)
     return 0

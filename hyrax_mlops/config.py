@@ -28,6 +28,7 @@ from pydantic import (
 
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.redact import has_userinfo, redact
+from hyrax_mlops.registry import KINDS
 
 # Where the credentials of a URL-valued key belong instead of `user:password@` in the URL.
 _CREDENTIALS_HOME = {
@@ -534,13 +535,7 @@ def validate(data: Mapping[str, Any]) -> Config:
 
 
 # keys that name registered components: key -> (registry module, attribute); plugins included
-REGISTERED_KEYS = {
-    "download.source": ("hyrax_mlops.sources", "SOURCES"),
-    "model.name": ("hyrax_mlops.models", "MODELS"),  # or an import path, package.module:Class
-    "index.backend": ("hyrax_mlops.vectors", "VECTOR_BACKENDS"),
-    "reduce.methods": ("hyrax_mlops.analysis.reducers", "REDUCERS"),
-    "analyse.analyses": ("hyrax_mlops.analysis.analyses", "ANALYSES"),
-}
+REGISTERED_KEYS = {k.key: (k.module, k.attr) for k in KINDS.values() if k.checked}
 
 
 def check_registered(cfg: Config) -> None:

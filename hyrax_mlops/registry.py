@@ -13,12 +13,44 @@ import difflib
 import importlib
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
 from hyrax_mlops.errors import RegistryError
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An extension point: where its registry lives, and the config key that names its
+    entries (`checked`: load_config refuses a name nothing is registered under)."""
+
+    module: str
+    attr: str
+    key: str
+    checked: bool = True
+
+
+# Every extension point, by the plural `hyrax-mlops list KIND` takes; the CLI, load_config
+# and the code version read this one table.
+KINDS: dict[str, Kind] = {
+    "sources": Kind("hyrax_mlops.sources", "SOURCES", "download.source"),
+    "models": Kind("hyrax_mlops.models", "MODELS", "model.name"),  # or package.module:Class
+    "backbones": Kind("hyrax_mlops.models.backbones", "BACKBONES", "model.backbone", False),
+    "augmentations": Kind("hyrax_mlops.data.augment", "AUGMENTATIONS", "model.augmentations",
+                          False),
+    "backends": Kind("hyrax_mlops.vectors", "VECTOR_BACKENDS", "index.backend"),
+    "reducers": Kind("hyrax_mlops.analysis.reducers", "REDUCERS", "reduce.methods"),
+    "analyses": Kind("hyrax_mlops.analysis.analyses", "ANALYSES", "analyse.analyses"),
+}
+
+
+def registry_of(kind: str) -> Registry:
+    """The registry of an extension point (imported when asked)."""
+    found = KINDS[kind]
+    return getattr(importlib.import_module(found.module), found.attr)
 
 
 class Registry(Generic[T]):

@@ -56,7 +56,7 @@ class Stage:
     name: str
     module: str  # the stage's module: its SECTIONS, check and run
     inputs: tuple[Input, ...] = ()
-    kinds: tuple[str, ...] = ()  # registered kinds its --help lists (cli._KINDS)
+    kinds: tuple[str, ...] = ()  # registered kinds its --help lists (registry.KINDS)
     check: str | None = "check"  # the module's function checking the config alone
 
     def code(self) -> ModuleType:
