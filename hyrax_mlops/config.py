@@ -70,6 +70,15 @@ class _Section(BaseModel):
         return value
 
 
+def unique_names(v: list[str], key: str) -> list[str]:
+    """A list of names given once each, at least one (analyses, outlier methods)."""
+    if len(set(v)) != len(v):
+        raise ValueError(f"{key} repeats a name: {v}")
+    if not v:
+        raise ValueError(f"{key} needs at least one name")
+    return v
+
+
 class ComponentConfig(_Section):
     """The keys a component owns (a source, a vector backend, an analysis, a plugin's),
     declared as its `config_class`: types, ranges and defaults, checked by `load_config`."""
@@ -85,13 +94,14 @@ class _Components(_Section):
     named after it (`[download.hsc]`)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
-    _registry: ClassVar[tuple[str, str]]  # (module, attribute) of the registry
+    _kind: ClassVar[str]  # the extension point (registry.KINDS) whose components own keys
     _selector: ClassVar[str | None] = None
     _nested: ClassVar[bool] = False
 
     def _registered(self):
-        module, attr = self._registry
-        return getattr(importlib.import_module(module), attr)
+        from hyrax_mlops.registry import registry_of
+
+        return registry_of(self._kind)
 
     def _owners(self, every: bool = False) -> dict[str, type[BaseModel]]:
         """component name -> its config class: the selected one, or every registered one."""
@@ -180,7 +190,7 @@ class DownloadConfig(_Components):
     """Where a dataset is downloaded from. A source's own keys sit in a table named after it
     (`[download.hsc]`, `[download.rubin]`), declared by the source (its `config_class`)."""
 
-    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.sources", "SOURCES")
+    _kind: ClassVar[str] = "sources"
     _nested: ClassVar[bool] = True
 
     source: str = "xdf"
@@ -359,7 +369,7 @@ class IndexConfig(_Components):
     """Where embeddings are indexed; the backend's own keys (HNSW's, IVF-PQ's) are declared
     by the backend (`vectors.chroma`, `vectors.lance`: its `config_class`)."""
 
-    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.vectors", "VECTOR_BACKENDS")
+    _kind: ClassVar[str] = "backends"
     _selector: ClassVar[str | None] = "backend"
 
     backend: str = "chroma"
@@ -402,7 +412,7 @@ class AnalyseConfig(_Components):
     (`analysis.outliers`, `.clusters`, `.crossmatch`, `.quality`: its `config_class`); a
     key of any registered analysis may be set, whichever `analyses` lists."""
 
-    _registry: ClassVar[tuple[str, str]] = ("hyrax_mlops.analysis.analyses", "ANALYSES")
+    _kind: ClassVar[str] = "analyses"
 
     analyses: list[str] = ["outliers", "clusters"]
     seed: int = 42
@@ -410,11 +420,7 @@ class AnalyseConfig(_Components):
     @field_validator("analyses")
     @classmethod
     def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"analyses repeats a name: {v}")
-        if not v:
-            raise ValueError("analyses needs at least one name")
-        return v
+        return unique_names(v, "analyses")
 
 
 class Config(_Section):

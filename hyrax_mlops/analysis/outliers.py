@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import Field, field_validator
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext, AnalysisResult
-from hyrax_mlops.config import ComponentConfig
+from hyrax_mlops.config import ComponentConfig, unique_names
 from hyrax_mlops.errors import ConfigError
 
 OUTLIERS_TABLE = "analysis/outliers.parquet"
@@ -146,10 +146,7 @@ class OutliersConfig(ComponentConfig):
     @field_validator("outlier_methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"outlier_methods repeats a name: {v}")
-        if not v:
-            raise ValueError("outlier_methods needs at least one name")
+        unique_names(v, "outlier_methods")
         if "auto" in v and len(v) > 1:
             raise ValueError('"auto" chooses the methods itself: use it alone, or list methods')
         return v
