@@ -50,7 +50,7 @@ def main() -> None:
                 "data.batch_size": args.batch_size}
         dataset = hm.download(None, over).run_id
         cfg = hm.load_config(None, over)
-        provider = DataProvider(dataset, cfg)
+        provider = DataProvider(dataset, cfg.data)
         shards = sorted((provider.data.root / "shards").glob("*.npy"))
 
         def rate(loader) -> float:

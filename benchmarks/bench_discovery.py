@@ -81,7 +81,7 @@ def xdf_stamps(n_objects: int) -> tuple[np.ndarray, pd.DataFrame]:
     """The XDF stamps and catalog, made by the `download` stage in the scratch store."""
     import hyrax_mlops as hm
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     overrides = {}
     if n_objects:
@@ -90,7 +90,7 @@ def xdf_stamps(n_objects: int) -> tuple[np.ndarray, pd.DataFrame]:
         overrides["download.source"] = register_tiled_xdf(n_objects)
     cfg = hm.load_config(None, overrides)
     run = hm.download(cfg)
-    ds = Dataset(fetch_artifacts(run.run_id, ARTIFACT_DIR, cfg))
+    ds = Dataset(ArtifactCache.of(cfg).fetch(run.run_id, ARTIFACT_DIR))
     return ds.images(np.arange(len(ds))), ds.catalog.reset_index(drop=True)
 
 
@@ -251,11 +251,11 @@ def measure_platform(cfg, result, ids: np.ndarray, kind: np.ndarray) -> dict[str
     from hyrax_mlops.analysis.maps import COORDS
     from hyrax_mlops.analysis.outliers import OUTLIERS_TABLE
     from hyrax_mlops.search import Searcher
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     is_art = kind != "clean"
     infer_run, reduce_run = result["infer"].run_id, result["reduce"].run_id
-    table = pd.read_parquet(fetch_artifacts(result["analyse"].run_id, OUTLIERS_TABLE, cfg))
+    table = pd.read_parquet(ArtifactCache.of(cfg).fetch(result["analyse"].run_id, OUTLIERS_TABLE))
     t = outlier_ranks(table, ids)
     out: dict[str, Any] = {"top5": top_share(t["outlier_score"].to_numpy(), is_art, kind),
                            "default_methods": [c[:-5] for c in t.columns
@@ -263,8 +263,8 @@ def measure_platform(cfg, result, ids: np.ndarray, kind: np.ndarray) -> dict[str
     every = hm.analyse(cfg, {"analyse.outlier_methods": ALL_METHODS,
                              "analyse.analyses": ["outliers"]},
                        embeddings=infer_run, map=reduce_run)
-    t_all = outlier_ranks(pd.read_parquet(fetch_artifacts(every.run_id, OUTLIERS_TABLE, cfg)),
-                          ids)
+    every_table = ArtifactCache.of(cfg).fetch(every.run_id, OUTLIERS_TABLE)
+    t_all = outlier_ranks(pd.read_parquet(every_table), ids)
     out["top5_by_method"] = {m: top_share(t_all[f"{m}_rank"].to_numpy(), is_art, kind)
                              for m in ALL_METHODS}
     # look-alikes from the real index (cosine HNSW by default): k+1, the object itself dropped
@@ -277,7 +277,7 @@ def measure_platform(cfg, result, ids: np.ndarray, kind: np.ndarray) -> dict[str
         neigh.append(np.array([kind_of.get(o, "?") for o in others]))
     out["lookalike"] = lookalike(neigh, kind[is_art])
     out["lookalike_latent"] = latent_lookalike(cfg, infer_run, ids, kind)
-    umap = pd.read_parquet(fetch_artifacts(reduce_run, "reductions/umap_2d.parquet", cfg))
+    umap = pd.read_parquet(ArtifactCache.of(cfg).fetch(reduce_run, "reductions/umap_2d.parquet"))
     coords = umap.set_index("object_id").loc[ids][list(COORDS[:2])].to_numpy()
     out["map_auc"] = map_auc(coords, is_art, kind)
     out["runs"] = {"pipeline": result.run_id, "analyse": result["analyse"].run_id,
@@ -291,7 +291,7 @@ def latent_lookalike(cfg, infer_run: str, ids: np.ndarray, kind: np.ndarray
     vectors (the index without the anomaly signature)."""
     from hyrax_mlops.stages.infer import read_embeddings
 
-    emb_ids, vectors = read_embeddings(infer_run, cfg)
+    emb_ids, vectors = read_embeddings(infer_run)
     vectors = pd.DataFrame(vectors, index=emb_ids.astype(str)).loc[ids].to_numpy()
     is_art = kind != "clean"
     neigh = knn_indices(vectors, K, metric="cosine")[is_art]
@@ -328,9 +328,9 @@ def peel_round2_analyse(cfg, peel_run) -> str:
     if tags.get(f"{TAG_PEEL_ROUND}1.analyse"):
         return tags[f"{TAG_PEEL_ROUND}1.analyse"]
     from hyrax_mlops.stages.peel import ROUNDS
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    rounds = pd.read_csv(fetch_artifacts(peel_run.run_id, ROUNDS, cfg))
+    rounds = pd.read_csv(ArtifactCache.of(cfg).fetch(peel_run.run_id, ROUNDS))
     return str(rounds.loc[rounds["round"] == 1, "analyse"].iloc[0])
 
 
@@ -342,13 +342,13 @@ def measure_peel(cfg, result, ids: np.ndarray, kind: np.ndarray) -> dict[str, An
     removed + in round 2's top, over injected."""
     import hyrax_mlops as hm
     from hyrax_mlops.analysis.outliers import OUTLIERS_TABLE
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     start = time.perf_counter()
     peel_run = hm.peel(cfg, analyse=result["analyse"].run_id, rounds=1)
     peel_s = time.perf_counter() - start
     round2 = peel_round2_analyse(cfg, peel_run)
-    t2 = pd.read_parquet(fetch_artifacts(round2, OUTLIERS_TABLE, cfg))
+    t2 = pd.read_parquet(ArtifactCache.of(cfg).fetch(round2, OUTLIERS_TABLE))
     t2["object_id"] = t2["object_id"].astype(str)
     left_ids = set(t2["object_id"])
     left = np.array([o in left_ids for o in ids])

@@ -44,7 +44,7 @@ def main() -> None:
                                      "download.limit": n if source == "xdf" else 0}).run_id
         cfg = hm.load_config(None, over)
         loaded = load_bundle(f"runs:/{train.run_id}/model")
-        provider = DataProvider(dataset, cfg, normalizer=loaded.normalizer)
+        provider = DataProvider(dataset, cfg.data, normalizer=loaded.normalizer)
         images = torch.from_numpy(provider.normalizer.apply(
             provider.data.images(provider.rows())))
         model = loaded.model.eval()
@@ -77,7 +77,7 @@ def main() -> None:
             start = time.perf_counter()
             run = hm.infer(None, over, train_run=train.run_id, dataset=dataset, force=True)
             stage_runs.append(time.perf_counter() - start)
-        _, stage_emb = read_embeddings(run.run_id, cfg)
+        _, stage_emb = read_embeddings(run.run_id)
 
     plain_s, stage_s = min(r[0] for r in plain_runs), min(stage_runs)
     same = bool(np.allclose(stage_emb, plain_runs[0][1], atol=1e-5))

@@ -42,7 +42,7 @@ def main() -> None:
         hyrax_s = time.perf_counter() - start
         metrics = mlflow.get_run(run.run_id).data.metrics
 
-        provider = DataProvider(dataset, hm.load_config(None, over))
+        provider = DataProvider(dataset, hm.load_config(None, over).data)
         x = feature_matrix(provider.catalog, FEATURES)  # raw: boosting takes NaN as missing
         y = provider.labels
         train, test = provider.rows("train"), provider.rows("test")

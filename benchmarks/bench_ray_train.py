@@ -77,7 +77,7 @@ def run_all(objects: int, epochs: int) -> dict:
             "train.early_stopping_patience": 0, "tracking.experiment": "bench"}
     dataset = hm.download(None, base).run_id
     cfg = hm.load_config(None, base)
-    provider = DataProvider(dataset, cfg)
+    provider = DataProvider(dataset, cfg.data)
 
     def epochs_seconds(run_id: str) -> float:
         return sum(m.value for m in MlflowClient().get_metric_history(run_id, "epoch_time_s"))

@@ -63,7 +63,7 @@ def main() -> None:
                 "tracking.experiment": "bench"}
         dataset = hm.download(None, over).run_id
         cfg = hm.load_config(None, over)
-        provider = DataProvider(dataset, cfg)
+        provider = DataProvider(dataset, cfg.data)
         images = torch.from_numpy(provider.normalizer.apply(
             provider.data.images(provider.rows())))
         train_x, val_x = images[provider.rows("train")], images[provider.rows("val")]

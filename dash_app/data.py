@@ -17,7 +17,7 @@ import pandas as pd
 
 from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, fetch_artifacts, get_run, use_store
+from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, ArtifactCache, get_run, use_store
 
 MAX_CACHED_RUNS = 6
 ANALYSES_RECHECK_S = 5.0
@@ -156,10 +156,10 @@ def _load_reduction(run_id: str, cache_dir: str) -> Reduction:
 
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
 
-    cfg = _cache_config(cache_dir)
+    cache = ArtifactCache.at(cache_dir)
     run = get_run(run_id, "reduce")
-    dataset = Dataset(fetch_artifacts(run.data.tags[TAG_INPUT + "dataset"], ARTIFACT_DIR, cfg))
-    folder = Path(fetch_artifacts(run_id, "reductions", cfg))
+    dataset = Dataset(cache.fetch(run.data.tags[TAG_INPUT + "dataset"], ARTIFACT_DIR))
+    folder = Path(cache.fetch(run_id, "reductions"))
     row_of = pd.Series(np.arange(len(dataset)), index=dataset.ids)
     maps = {}
     for path in sorted(folder.glob("*.parquet")):
@@ -179,8 +179,8 @@ def _with_analyses(run_id: str, analyses: tuple[str, ...], cache_dir: str) -> Re
     base = _load_reduction(run_id, cache_dir)
     if not analyses:
         return base
-    catalog = with_analysis_columns(base.catalog, base.infer_run_id, _cache_config(cache_dir),
-                                    analyses)
+    catalog = with_analysis_columns(base.catalog, base.infer_run_id,
+                                    ArtifactCache.at(cache_dir), analyses)
     return Reduction(run_id, base.maps, catalog, base.images, infer_run_id=base.infer_run_id)
 
 

@@ -173,10 +173,10 @@ def _example_id(result, cfg) -> str:
     """The first object of the pipeline's dataset: a search the user can paste as it is."""
     import pyarrow.parquet as pq
 
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     try:
-        path = fetch_artifacts(result["dataset"].run_id, "dataset/catalog.parquet", cfg)
+        path = ArtifactCache.of(cfg).fetch(result["dataset"].run_id, "dataset/catalog.parquet")
         first = pq.ParquetFile(path).read_row_group(0, columns=["object_id"])
         return str(first.column(0)[0])
     except Exception:  # only a hint: never fail a finished pipeline over it

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -148,8 +149,13 @@ class _Components(_Section):
         elsewhere = {k: name for name, cls in self._owners(every=True).items()
                      if name not in owners for k in ([name] if self._nested else cls.model_fields)}
         lines = []
+        moved = {k: name for name, cls in self._owners(every=True).items()
+                 for k in cls.model_fields} if self._nested else {}
         for key in unknown:
-            if key in elsewhere and self._selector:
+            if key in moved:  # a component's key given at the section's top level
+                lines.append(f"'{prefix}{key}' is now '{prefix}{moved[key]}.{key}': move it "
+                             f"into the [{prefix}{moved[key]}] table (its owner's keys)")
+            elif key in elsewhere and self._selector:
                 lines.append(f"'{prefix}{key}' is a key of {self._selector} "
                              f"'{elsewhere[key]}', not of '{getattr(self, self._selector)}'")
             else:
@@ -206,8 +212,6 @@ class DownloadConfig(_Components):
     backoff_s: float = Field(0.5, ge=0)
     timeout_s: float = Field(120.0, gt=0)
     credentials_file: str = ""
-    detect_threshold: float = Field(3.0, gt=0)
-    min_area: int = Field(8, ge=1)
 
     @field_validator("layers")
     @classmethod
@@ -380,16 +384,16 @@ class IndexConfig(_Components):
     metadata_columns: list[str] = []
 
 
-class ReduceConfig(_Section):
+class ReduceConfig(_Components):
+    """Which maps `reduce` makes. A reducer's own keys (UMAP's `umap_*`) are declared by the
+    reducer (its `config_class`, analysis/reducers.py); any registered reducer's may be set."""
+
+    _kind: ClassVar[str] = "reducers"
+
     methods: list[str] = ["umap", "pca"]
     dims: list[int] = [2, 3]
     color_by: str = "flux"
     seed: int = 42
-    umap_n_neighbors: int = Field(15, ge=2)
-    umap_min_dist: float = Field(0.1, ge=0)
-    umap_metric: str = "cosine"
-    umap_fit_sample: int = Field(100_000, ge=100)
-    umap_batch: int = Field(100_000, ge=1)
 
     @field_validator("methods")
     @classmethod
@@ -423,6 +427,39 @@ class AnalyseConfig(_Components):
         return unique_names(v, "analyses")
 
 
+# Where and how runs execute, not what they compute: every stage may read them, and none
+# hashes them into its runs' identity.
+INFRASTRUCTURE = ("tracking", "ray")
+
+
+class UndeclaredConfigError(RuntimeError):
+    """A stage read a config key outside the sections it declares: a bug in the stage (its
+    runs would be reused when that key changes), not something a user can fix."""
+
+
+class _Sealed:
+    """A section a stage did not declare, in its view of the config (`Config.only`): reading
+    a key raises, except the keys it declared one by one (`data.mode`)."""
+
+    def __init__(self, section: str, real: BaseModel, stage: str, declared: tuple[str, ...],
+                 keys: frozenset[str] = frozenset()) -> None:
+        self._section, self._real, self._stage = section, real, stage
+        self._declared, self._keys = declared, keys
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name.startswith("_"):  # copy, pickle and repr probes
+            raise AttributeError(name)
+        if name in self._keys:
+            return getattr(self._real, name)
+        raise UndeclaredConfigError(
+            f"stage '{self._stage}' read config key '{self._section}.{name}' but declares only "
+            f"{', '.join(self._declared) or 'no section'}: add '{self._section}' (or "
+            f"'{self._section}.{name}') to its SECTIONS, so that its runs are told apart by it")
+
+    def __repr__(self) -> str:
+        return f"<section '{self._section}' not declared by stage '{self._stage}'>"
+
+
 class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     ray: RayConfig = RayConfig()
@@ -435,27 +472,88 @@ class Config(_Section):
     tune: TuneConfig = TuneConfig()
     infer: InferConfig = InferConfig()
     index: IndexConfig = Field(default_factory=IndexConfig)
-    reduce: ReduceConfig = ReduceConfig()
+    reduce: ReduceConfig = Field(default_factory=ReduceConfig)
     analyse: AnalyseConfig = Field(default_factory=AnalyseConfig)
 
+    # a stage's view (`only`): the sections it declared and its name; None: the whole config
+    _view: tuple[tuple[str, ...], str] | None = PrivateAttr(None)
+
+    @property
+    def _shown(self) -> dict[str, frozenset[str] | None] | None:
+        """Each section a view shows -> the keys it shows (None: all of them)."""
+        if self._view is None:
+            return None
+        return {**_shown_keys(self._view[0]), **dict.fromkeys(INFRASTRUCTURE)}
+
+    def only(self, sections: Iterable[str], stage: str) -> Config:
+        """The view a stage's body gets: its declared `sections` ("data", or one key,
+        "data.mode") and the INFRASTRUCTURE ones; reading any other key raises
+        UndeclaredConfigError, so a stage cannot depend on what its identity does not hash."""
+        declared = tuple(sections)
+        shown = {**_shown_keys(declared), **dict.fromkeys(INFRASTRUCTURE)}
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            real = self.section(name)
+            if name in shown and shown[name] is None:
+                values[name] = real
+            else:
+                values[name] = _Sealed(name, real, stage, declared, shown.get(name) or frozenset())
+        view = type(self).model_construct(**values)
+        view._view = (declared, stage)
+        return view
+
+    def section(self, name: str) -> BaseModel:
+        """A section's settings, in a stage's view too (for the code that logs them)."""
+        value = self.__dict__[name]
+        return value._real if isinstance(value, _Sealed) else value
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON of what this config shows: all of it, or a stage's view of it."""
+        if self._shown is None:
+            return self.model_dump(mode="json")
+        out = {}
+        for name, keys in self._shown.items():
+            data = self.section(name).model_dump(mode="json")
+            out[name] = data if keys is None else {k: data[k] for k in sorted(keys)}
+        return out
+
+    def _picked(self, sections: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """{section: {key: value}} of `sections`, each a section or one key of it."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, keys in sorted(_shown_keys(sections).items()):
+            data = self.section(name).model_dump(mode="json")
+            out[name] = data if keys is None else {k: data[k] for k in sorted(keys)}
+        return out
+
     def section_hash(self, sections: Iterable[str]) -> str:
-        """A short, stable hash of the named sections: the identity of a stage's settings."""
-        payload = {name: getattr(self, name).model_dump(mode="json") for name in sorted(sections)}
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        """A short, stable hash of the named sections (or keys, "data.mode"): the identity
+        of a stage's settings."""
+        text = json.dumps(self._picked(sections), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
-        return dump_toml(self.model_dump(mode="json"))
+        return dump_toml(self.as_dict())
 
     def flat(self, sections: Iterable[str] | None = None) -> dict[str, str]:
         """`section.key -> value` strings, for MLflow params."""
-        data = self.model_dump(mode="json")
-        names = sorted(sections) if sections is not None else list(data)
+        data = self.as_dict() if sections is None else self._picked(sections)
         return {
             f"{sec}.{key}": json.dumps(val) if isinstance(val, (list, dict)) else str(val)
-            for sec in names
+            for sec in data
             for key, val in data[sec].items()
         }
+
+
+def _shown_keys(sections: Iterable[str]) -> dict[str, frozenset[str] | None]:
+    """"data" -> {"data": None} (all its keys); "data.mode" -> {"data": {"mode"}}."""
+    out: dict[str, frozenset[str] | None] = {}
+    for entry in sections:
+        name, _, key = entry.partition(".")
+        if not key:
+            out[name] = None
+        elif out.get(name, frozenset()) is not None:
+            out[name] = out.get(name, frozenset()) | {key}
+    return out
 
 
 def _section_keys() -> dict[type, str]:
@@ -515,18 +613,19 @@ def with_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str] | s
     """`cfg` with `overrides` applied, validated as a whole like a loaded config."""
     if not overrides:
         return cfg
-    data = cfg.model_dump(mode="json")
+    data = cfg.as_dict()
     parsed = _parse_overrides(overrides)
     for name, field in Config.model_fields.items():  # a new backend: the old one's keys go
         selector = getattr(field.annotation, "_selector", None)
         key = f"{name}.{selector}"
-        if selector and key in parsed and parsed[key] != data[name][selector]:
-            for own in getattr(cfg, name).__pydantic_extra__ or {}:
+        if selector and key in parsed and parsed[key] != data.get(name, {}).get(selector):
+            for own in cfg.section(name).__pydantic_extra__ or {}:
                 if f"{name}.{own}" not in parsed:
                     data[name].pop(own, None)
     for key, value in parsed.items():
         _set_dotted(data, key, value)
-    return validate(data)
+    changed = validate(data)
+    return changed.only(*cfg._view) if cfg._view else changed  # a stage's view stays one
 
 
 def validate(data: Mapping[str, Any]) -> Config:
@@ -690,10 +789,11 @@ def dump_toml(data: Mapping[str, Any]) -> str:
     return tomli_w.dumps(without_none(data))
 
 
-def require_path(cfg: Config, key: str, kind: Literal["file", "dir"]) -> Path:
-    """Check a path-valued key before any run is created; return it resolved."""
+def require_path(cfg: BaseModel, key: str, kind: Literal["file", "dir"]) -> Path:
+    """Check a path-valued key (of the config, or of its section `cfg`) before any run is
+    created; return it resolved."""
     section, name = key.split(".")
-    value = getattr(getattr(cfg, section), name)
+    value = getattr(getattr(cfg, section) if isinstance(cfg, Config) else cfg, name)
     if not value:
         raise ConfigError(f"config key '{key}' is required for this stage. Fix: --set {key}=PATH")
     p = Path(value).expanduser().resolve()

@@ -45,16 +45,16 @@ def measure_quality(infer_run_id: str, dataset_run_id: str) -> tuple[str, dict[s
     from hyrax_mlops.config import AnalyseConfig, Config
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
     from hyrax_mlops.stages.infer import read_embeddings
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     cfg = Config()
-    catalog = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
+    catalog = Dataset(ArtifactCache.of(cfg).fetch(dataset_run_id, ARTIFACT_DIR)).catalog
     from hyrax_mlops.stages.analyse import fallback_label
 
     label = fallback_label(catalog.columns)
     if label is None:
         return "", {}
-    ids, vectors = read_embeddings(infer_run_id, cfg)
+    ids, vectors = read_embeddings(infer_run_id, ArtifactCache.of(cfg))
     column = catalog.set_index(catalog["object_id"].astype(str))[label].reindex(ids)
     has = column.notna().to_numpy()
     labels = column[has].astype(str).to_numpy()

@@ -27,7 +27,7 @@ from hyrax_mlops.tracking import (
     TAG_INPUT,
     TAG_STAGE,
     TAG_STAGE_RUN,
-    fetch_artifacts,
+    ArtifactCache,
     get_run,
     input_run,
     use_store,
@@ -52,7 +52,7 @@ def analyse_run_ids(embeddings_run_id: str | None) -> tuple[str, ...]:
     return tuple(r.info.run_id for r in found)
 
 
-def analysis_columns(embeddings_run_id: str | None, cfg: Config,
+def analysis_columns(embeddings_run_id: str | None, cache: ArtifactCache,
                      runs: tuple[str, ...] | None = None) -> pd.DataFrame | None:
     """Every per-object column (outlier score, cluster, reference label, ...) that the
     FINISHED analyse runs of these embeddings made (`runs`, newest first; default
@@ -62,7 +62,7 @@ def analysis_columns(embeddings_run_id: str | None, cfg: Config,
     merged: pd.DataFrame | None = None
     for run_id in analyse_run_ids(embeddings_run_id) if runs is None else runs:
         try:  # newest first: a column already taken is not overwritten
-            path = fetch_artifacts(run_id, "analysis/columns.parquet", cfg)
+            path = cache.fetch(run_id, "analysis/columns.parquet")
         except Exception:  # an analyse run without per-object columns
             continue
         table = pd.read_parquet(path)
@@ -78,10 +78,11 @@ def analysis_columns(embeddings_run_id: str | None, cfg: Config,
 
 
 def with_analysis_columns(catalog: pd.DataFrame, embeddings_run_id: str | None,
-                          cfg: Config, runs: tuple[str, ...] | None = None) -> pd.DataFrame:
+                          cache: ArtifactCache, runs: tuple[str, ...] | None = None,
+                          ) -> pd.DataFrame:
     """`catalog` plus the per-object columns of the analyse runs of these embeddings
     (`analysis_columns`: newest value per column), when there are some."""
-    extra = analysis_columns(embeddings_run_id, cfg, runs)
+    extra = analysis_columns(embeddings_run_id, cache, runs)
     if extra is None:
         return catalog
     return catalog.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))
@@ -116,7 +117,7 @@ class Searcher:
         from hyrax_mlops.stages.index import TAG_LOCATION, recorded_collection
         from hyrax_mlops.vectors import VECTOR_BACKENDS, CollectionNotFound
 
-        self.cfg = cfg or Config()
+        self.cache = ArtifactCache.of(cfg or Config())  # where a remote store's files go
         use_store()
         first_error = None
         for run in _index_runs(run_id):
@@ -137,11 +138,11 @@ class Searcher:
         self.collection = name
         self.metric = run.data.params.get("index.metric")  # what its distances mean
         self.index_run_id = run.info.run_id
-        self.signature, self.embedding_dim = _signature(run, self.cfg)
+        self.signature, self.embedding_dim = _signature(run, self.cache)
         self.embeddings_run_id = run.data.tags.get(TAG_INPUT + "embeddings")
         dataset = input_run(run, "dataset")
-        self.catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, self.cfg)).catalog
-        self.catalog = with_analysis_columns(self.catalog, self.embeddings_run_id, self.cfg)
+        self.catalog = Dataset(self.cache.fetch(dataset, ARTIFACT_DIR)).catalog
+        self.catalog = with_analysis_columns(self.catalog, self.embeddings_run_id, self.cache)
 
     def by_vector(self, vectors: np.ndarray, k: int = 10) -> list[pd.DataFrame]:
         """Neighbours of vectors as the index holds them or, for a joined index, of plain
@@ -212,7 +213,7 @@ class Searcher:
         return res.merge(self.catalog, on="object_id", how="left")
 
 
-def _signature(index_run, cfg: Config):
+def _signature(index_run, cache: ArtifactCache):
     """(Signature, embedding dimension) of an index run whose vectors are joined with the
     anomaly signature; (None, None) for one that holds the embeddings alone."""
     from hyrax_mlops.analysis.signature import Signature
@@ -220,7 +221,7 @@ def _signature(index_run, cfg: Config):
 
     if index_run.data.tags.get(TAG_VECTORS) != "joined":
         return None, None
-    with open(fetch_artifacts(index_run.info.run_id, INDEX_JSON, cfg)) as f:
+    with open(cache.fetch(index_run.info.run_id, INDEX_JSON)) as f:
         recipe = json.load(f)["signature"]
     return Signature.from_dict(recipe), int(recipe["embedding_dim"])
 

@@ -22,7 +22,7 @@ from hyrax_mlops.cli import entrypoint, main
 from hyrax_mlops.config import load_config
 from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
 from hyrax_mlops.errors import ConfigError, LineageError
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 from conftest import DATA, in_store
 
@@ -32,7 +32,7 @@ SMALL_MODEL = {"model.latent_dim": 16, "model.widths": [16, 32, 32]}
 
 
 def demo_stamps(result, cfg) -> tuple[np.ndarray, pd.DataFrame]:
-    data = Dataset(fetch_artifacts(result["dataset"].run_id, ARTIFACT_DIR, cfg))
+    data = Dataset(ArtifactCache.of(cfg).fetch(result["dataset"].run_id, ARTIFACT_DIR))
     return data.images(np.arange(len(data))), data.catalog
 
 
@@ -76,7 +76,7 @@ def pca_knn_reference(cubes: np.ndarray, k: int = 10) -> np.ndarray:
 
 
 def artifact_table(run_id: str, path: str, cfg) -> pd.DataFrame:
-    local = fetch_artifacts(run_id, path, cfg)
+    local = ArtifactCache.of(cfg).fetch(run_id, path)
     return pd.read_csv(local) if path.endswith(".csv") else pd.read_parquet(local)
 
 
@@ -193,13 +193,13 @@ def test_lookalikes_of_an_artefact_are_artefacts_of_its_kind(injected, capsys):
         joined_run = hm.index(cfg, embeddings=infer_run)  # the same run, reused
         plain_run = hm.index(cfg, {"index.vectors": "embeddings"}, embeddings=infer_run)
         tags = mlflow.get_run(joined_run.run_id).data.tags
-        recipe = json.loads(Path(fetch_artifacts(joined_run.run_id, "index.json", cfg))
+        recipe = json.loads(Path(ArtifactCache.of(cfg).fetch(joined_run.run_id, "index.json"))
                             .read_text())["signature"]
         joined, plain = Searcher(joined_run.run_id, cfg), Searcher(plain_run.run_id, cfg)
         joined_share, plain_share = same_kind(joined), same_kind(plain)
         ray = ids[rows][kinds == "cosmic_rays"][0]
         from_file = joined.by_cutout(str(folder / "cutouts" / f"{ray}.fits"), k + 1)
-        emb_ids, vectors = read_embeddings(infer_run, cfg)
+        emb_ids, vectors = read_embeddings(infer_run)
         plain_query = joined.by_vector(vectors[0], 3)[0]
         capsys.readouterr()
         assert main(["search", "--run", joined_run.run_id, "--id", ray, "-k", "3"]) == 0

@@ -173,10 +173,31 @@ def test_each_component_owns_its_keys_and_defaults():
         for key, field in (own.model_fields.items() if own else ()):
             if key in shipped["analyse"]:  # a plugin's keys are not in the shipped file
                 assert shipped["analyse"][key] == field.default, key
-    for name in ("hsc", "rubin"):
+    for name in ("hsc", "rubin", "xdf"):
         assert shipped["download"][name] == SOURCES.get(name).config_class().model_dump()
+    from hyrax_mlops.analysis.reducers import REDUCERS
+
+    umap_keys = REDUCERS.get("umap").config_class().model_dump()
+    assert {k: shipped["reduce"][k] for k in umap_keys} == umap_keys
+
     index_block = text.split("[index]")[1].split("\n[")[0]
     commented = dict(re.findall(r"^#\s+(\w+) = (\S+)", index_block, re.M))
     for name in ("chroma", "lancedb"):
         for key, field in VECTOR_BACKENDS.get(name).config_class.model_fields.items():
             assert int(commented[key]) == field.default, key
+
+
+def test_a_component_key_left_at_the_top_of_its_section_says_where_it_moved():
+    """XDF's detection keys moved into [download.xdf]: an old config says so, and the keys
+    of a reducer (UMAP's) are its own, checked by it, where they always were."""
+    with pytest.raises(ConfigError, match=r"'download.min_area' is now "
+                                          r"'download.xdf.min_area': move it into the "
+                                          r"\[download.xdf\] table"):
+        load_config(None, {"download.min_area": 5})
+    assert load_config(None, {"download.xdf.min_area": 5}).download.xdf.min_area == 5
+    assert load_config(None, {"reduce.umap_n_neighbors": 30}).reduce.umap_n_neighbors == 30
+    with pytest.raises(ConfigError, match=r"config key 'reduce.umap_n_neighbors' \(umap\): "
+                                          r"Input should be greater than or equal to 2"):
+        load_config(None, {"reduce.umap_n_neighbors": 1})
+    with pytest.raises(ConfigError, match="Did you mean 'reduce.umap_min_dist'"):
+        load_config(None, {"reduce.umap_min_dst": 0.2})

@@ -59,7 +59,7 @@ def test_normalisation_per_band_matches_its_definition():
 
 def test_provider_serves_normalised_splits_from_the_dataset_run(demo_store):
     result, cfg = demo_store
-    provider = DataProvider(result["dataset"].run_id, cfg)
+    provider = DataProvider(result["dataset"].run_id, cfg.data)
     sizes = {s: len(provider.rows(s)) for s in ("train", "val", "test")}
     assert sum(sizes.values()) == 300 and sizes["train"] > 200 and sizes["val"] > 10
     batch = next(iter(provider.dataloader("train", batch_size=16)))
@@ -75,7 +75,7 @@ def test_training_is_deterministic_for_a_seed(demo_store, tmp_path):
     losses = []
     for attempt in range(2):
         torch.manual_seed(cfg.train.seed)
-        provider = DataProvider(result["dataset"].run_id, cfg)
+        provider = DataProvider(result["dataset"].run_id, cfg.data)
         model = build_model(cfg.model, provider.input_shape)
         res = fit(model, provider.dataloader("train", shuffle=True, seed=cfg.train.seed),
                   provider.dataloader("val"), cfg.train, tmp_path / f"ck{attempt}.pt")
@@ -86,7 +86,7 @@ def test_training_is_deterministic_for_a_seed(demo_store, tmp_path):
 
 def test_early_stopping_and_a_diverging_loss(demo_store, tmp_path):
     result, cfg = demo_store
-    provider = DataProvider(result["dataset"].run_id, cfg)
+    provider = DataProvider(result["dataset"].run_id, cfg.data)
     stop_cfg = hm.load_config(cfg, {"train.epochs": 30, "train.lr": 1e-9,
                                     "train.early_stopping_patience": 1}).train
     torch.manual_seed(0)
@@ -112,7 +112,7 @@ def test_a_user_model_by_import_path_trains_and_embeds(demo_store):
     emb = hm.infer(cfg, train_run=trained.run_id)
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(emb.run_id, cfg)
+    ids, vectors = read_embeddings(emb.run_id)
     assert vectors.shape == (300, 6)
 
 

@@ -26,7 +26,7 @@ def test_export_writes_one_table_for_topcat(demo_sandbox, capsys):
     exported = hm.export(cfg, embeddings=infer_run, analysis=analysed.run_id)
     local = mlflow.artifacts.download_artifacts(run_id=exported.run_id, artifact_path="export")
     fits = Table.read(f"{local}/objects.fits")
-    ids, vectors = read_embeddings(infer_run, cfg)
+    ids, vectors = read_embeddings(infer_run)
     assert list(fits["object_id"]) == list(ids)
     np.testing.assert_allclose(np.asarray(fits["embedding"]), vectors)
     scores = pd.read_parquet(mlflow.artifacts.download_artifacts(

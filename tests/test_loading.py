@@ -10,15 +10,14 @@ import torch
 
 from hyrax_mlops.data.prefetch import prefetch
 from hyrax_mlops.data.provider import DataProvider
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 
 def test_in_memory_batches_equal_batches_read_from_shards(demo_store):
     result, cfg = demo_store
     dataset = result["dataset"].run_id
-    cached = DataProvider(dataset, cfg)
-    uncached = DataProvider(dataset, cfg.model_copy(
-        update={"data": cfg.data.model_copy(update={"cache_gb": 0.0})}))
+    cached = DataProvider(dataset, cfg.data)
+    uncached = DataProvider(dataset, cfg.data.model_copy(update={"cache_gb": 0.0}))
     assert cached._in_memory() is not None and uncached._in_memory() is None
     for split in ("train", "val", None):
         a = list(cached.dataloader(split, shuffle=True, seed=3))
@@ -36,7 +35,7 @@ def test_in_memory_batches_equal_batches_read_from_shards(demo_store):
 
 def test_gathering_rows_across_shards_keeps_the_order_asked(demo_store):
     result, cfg = demo_store
-    data = DataProvider(result["dataset"].run_id, cfg).data
+    data = DataProvider(result["dataset"].run_id, cfg.data).data
     rows = np.array([len(data) - 1, 0, 5, len(data) - 1, 2])
     one_by_one = np.stack([data.images([r])[0] for r in rows])
     assert np.array_equal(data.images(rows), one_by_one)
@@ -47,7 +46,7 @@ def test_a_local_artifact_store_is_read_in_place(demo_store):
 
     result, cfg = demo_store
     run = mlflow.get_run(result["dataset"].run_id)
-    path = fetch_artifacts(run.info.run_id, "dataset", cfg)
+    path = ArtifactCache.of(cfg).fetch(run.info.run_id, "dataset")
     assert str(path).startswith(run.info.artifact_uri.removeprefix("file://"))
     assert (path / "manifest.json").is_file()
 

@@ -27,7 +27,7 @@ def history(run_id: str, key: str) -> list[float]:
 @pytest.mark.parametrize("name", AUGMENTATIONS.names())
 def test_no_augmentation_mixes_bands(name, demo_store):
     result, cfg = demo_store
-    x = DataProvider(result["dataset"].run_id, cfg).torch_dataset("val")
+    x = DataProvider(result["dataset"].run_id, cfg.data).torch_dataset("val")
     batch = torch.stack([x[i]["image"] for i in range(8)])
     batch[:, 1] = 0.0  # an empty band must stay empty whatever is done to the others
     out = Augment([name], strength=2.0)(batch, torch.Generator().manual_seed(0))
@@ -59,11 +59,11 @@ def test_self_supervised_models_learn_on_xdf_stamps(model, backbone, demo_store)
     if model == "simclr":  # named parts of the step are logged beside the loss
         assert len(history(run.run_id, "train_pair_accuracy")) == 3
     emb = hm.infer(cfg, train_run=run.run_id)
-    ids, vectors = read_embeddings(emb.run_id, cfg)
+    ids, vectors = read_embeddings(emb.run_id)
     assert vectors.shape == (300, 64) and np.isfinite(vectors).all()  # width 8 x 8: last stage
     if model == "simclr":  # no reconstruction: "residual" refused before a run, "pixels" scores
         from hyrax_mlops.errors import ConfigError
-        from hyrax_mlops.tracking import fetch_artifacts
+        from hyrax_mlops.tracking import ArtifactCache
 
         outliers = {"analyse.analyses": ["outliers"]}
         before = len(mlflow.search_runs(search_all_experiments=True))
@@ -73,11 +73,11 @@ def test_self_supervised_models_learn_on_xdf_stamps(model, backbone, demo_store)
         assert len(mlflow.search_runs(search_all_experiments=True)) == before
         scored = hm.analyse(cfg, {**outliers, "analyse.outlier_methods": ["pixels", "knn"]},
                             embeddings=emb.run_id)
-        table = pd.read_parquet(fetch_artifacts(scored.run_id, "analysis/outliers.parquet", cfg))
+        cache = ArtifactCache.of(cfg)
+        table = pd.read_parquet(cache.fetch(scored.run_id, "analysis/outliers.parquet"))
         assert len(table) == 300 and table["pixels_statistic"].notna().all()
         assert set(table["explained_by"].str.split(":").str[0]) <= {"pixels", "knn"}
-        stats = pd.read_parquet(fetch_artifacts(scored.run_id,
-                                                "analysis/stamp_statistics.parquet", cfg))
+        stats = pd.read_parquet(cache.fetch(scored.run_id, "analysis/stamp_statistics.parquet"))
         assert "sharp_pixel" in stats and not any(c.startswith("residual") for c in stats)
 
 
@@ -101,7 +101,7 @@ def test_byol_target_follows_the_online_network():
 def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
     result, cfg = demo_store
     # real labels from the real measurements: extended (large half-light radius) or compact
-    catalog = DataProvider(result["dataset"].run_id, cfg).catalog
+    catalog = DataProvider(result["dataset"].run_id, cfg.data).catalog
     labels = pd.DataFrame({"object_id": catalog["object_id"],
                            "morphology": np.where(catalog["r_half"] > catalog["r_half"]
                                                   .quantile(0.7), "extended", "compact")})
@@ -124,14 +124,14 @@ def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
     emb = hm.infer(cfg, train_run=run.run_id)
     import pyarrow.parquet as pq
 
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg)).to_pandas()
+    table = pq.read_table(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet")).to_pandas()
     assert len(table) == 300  # every object, labelled or not, gets probabilities
     probs = np.stack(table["probabilities"].to_numpy())
     assert probs.shape == (300, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert set(table["predicted_class"]) <= {"compact", "extended"}
-    assert list(pq.read_schema(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg))
+    assert list(pq.read_schema(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet"))
                 .metadata[b"hyrax.classes"].decode().split(",")) == ["compact", "extended"]
 
 

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 import hyrax_mlops as hm
 from hyrax_mlops.data.provider import DataProvider
 from hyrax_mlops.data.series import read_lightcurve, read_spectrum
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 from conftest import DATA
 
@@ -40,7 +40,7 @@ def test_ingest_reads_each_modality_and_records_what_it_could_not(store, tmp_pat
             (tmp_path / sub / f.name).write_bytes(f.read_bytes())
     run = hm.ingest(None, {**BASE, "ingest.catalog": str(tmp_path / "objects.csv")})
     cfg = hm.load_config(None, BASE)
-    root = fetch_artifacts(run.run_id, "dataset", cfg)
+    root = ArtifactCache.of(cfg).fetch(run.run_id, "dataset")
     manifest = __import__("json").loads((root / "manifest.json").read_text())
     assert manifest["modalities"] == ["lightcurve", "spectrum"]
     assert manifest["counts"]["with_lightcurve"] == 35 and manifest["counts"]["with_spectrum"] == 7
@@ -58,7 +58,7 @@ def test_ingest_reads_each_modality_and_records_what_it_could_not(store, tmp_pat
 
 def test_series_become_padded_tensors_with_masks(multimodal):
     dataset, cfg = multimodal
-    provider = DataProvider(dataset, cfg)
+    provider = DataProvider(dataset, cfg.data)
     ids = list(provider.data.ids)
     lc, lc_mask = provider.series["lightcurve"], provider.series["lightcurve_mask"]
     sp, sp_mask = provider.series["spectrum"], provider.series["spectrum_mask"]
@@ -94,7 +94,7 @@ def test_fusion_classifier_learns_from_whichever_modality_objects_have(multimoda
                                       key=lambda m: m.step)]
     assert losses[-1] < losses[0]
     emb = hm.infer(None, over, train_run=run.run_id)
-    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg)).to_pandas()
+    table = pq.read_table(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet")).to_pandas()
     assert len(table) == 43  # spectrum-only, light-curve-only and unlabelled objects alike
     probs = np.stack(table["probabilities"].to_numpy())
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
@@ -104,7 +104,7 @@ def test_fusion_with_one_modality_hidden_still_predicts(multimodal):
     import torch
 
     dataset, cfg = multimodal
-    provider = DataProvider(dataset, cfg)
+    provider = DataProvider(dataset, cfg.data)
     from hyrax_mlops.models import build_model
 
     over = hm.load_config(cfg, {"model": {"name": "fusion_classifier", "dim": 16}})
@@ -119,7 +119,7 @@ def test_fusion_with_one_modality_hidden_still_predicts(multimodal):
 
 def test_fusion_of_stamps_and_catalog_features_on_xdf_galaxies(demo_store, tmp_path):
     result, cfg = demo_store
-    catalog = DataProvider(result["dataset"].run_id, cfg).catalog
+    catalog = DataProvider(result["dataset"].run_id, cfg.data).catalog
     labels = pd.DataFrame({"object_id": catalog["object_id"], "morphology": np.where(
         catalog["r_half"] > catalog["r_half"].median(), "extended", "compact")})
     labels.to_csv(tmp_path / "labels.csv", index=False)
@@ -132,5 +132,5 @@ def test_fusion_of_stamps_and_catalog_features_on_xdf_galaxies(demo_store, tmp_p
     assert data.params["model_resolved.features"] == "['log10:flux', 'npix']"
     assert "val_balanced_accuracy" in data.metrics and "test_roc_auc" in data.metrics
     emb = hm.infer(cfg, train_run=run.run_id)
-    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", cfg)).to_pandas()
+    table = pq.read_table(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet")).to_pandas()
     assert len(table) == 300 and set(table["predicted_class"]) <= {"compact", "extended"}

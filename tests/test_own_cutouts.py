@@ -97,7 +97,7 @@ def _runs(stage: str):
 def test_readme_flow_finishes_with_positions_from_the_wcs(own_pipeline, capsys):
     root, truth, code, printed = own_pipeline
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     assert code == 0
     with in_store(root):
@@ -105,7 +105,7 @@ def test_readme_flow_finishes_with_positions_from_the_wcs(own_pipeline, capsys):
         assert list(pipe["status"]) == ["FINISHED"]
         ingest = _runs("ingest").iloc[0]
         cfg = hm.load_config(root / "my.toml")
-        data = Dataset(fetch_artifacts(ingest.run_id, ARTIFACT_DIR, cfg))
+        data = Dataset(ArtifactCache.of(cfg).fetch(ingest.run_id, ARTIFACT_DIR))
     got = data.catalog.set_index("object_id")
     assert sorted(got.index) == sorted(truth["object_id"])  # every id exactly as written
     assert "000000" in got.index  # the first object: the search the terminal suggests

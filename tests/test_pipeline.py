@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import hyrax_mlops as hm
 from hyrax_mlops.cli import main
+from hyrax_mlops.stages.registry import STAGES as REGISTERED
 from hyrax_mlops.tracking import code_version
 
 from conftest import N_DEMO
@@ -54,11 +55,13 @@ def test_every_stage_is_a_tagged_nested_run_with_lineage(demo_store):
         assert parent.data.tags[f"hyrax.stage_run.{name}"] == step.run_id
         inputs = {k.split(".", 2)[2]: v for k, v in tags.items() if k.startswith("hyrax.input.")}
         assert inputs == {k: result[v].run_id for k, v in expected_inputs[name].items()}
-        # the resolved config is logged as a file and as params
+        # the sections the stage reads are logged as a file and as params
         assert "config/hyrax.toml" in artifacts(step.run_id)
         logged = hm.load_config(mlflow.artifacts.download_artifacts(
             run_id=step.run_id, artifact_path="config/hyrax.toml"))
-        assert logged == cfg
+        sections = REGISTERED.get(tags["hyrax.stage"]).sections
+        assert logged.flat(sections) == cfg.flat(sections)
+        assert cfg.flat(sections).items() <= run.data.params.items()
     assert mlflow.get_run(result["train"].run_id).data.params["train.epochs"] == "3"
     assert mlflow.get_run(result["reduce"].run_id).data.params["reduce.umap_n_neighbors"] == "15"
 
@@ -143,7 +146,7 @@ def test_search_returns_the_object_first_and_agrees_with_exact_search(demo_store
     from hyrax_mlops.search import Searcher
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(result["infer"].run_id, cfg)
+    ids, vectors = read_embeddings(result["infer"].run_id)
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     searcher = Searcher(result.run_id, cfg)  # a pipeline run resolves to its index
     hits = 0
@@ -171,7 +174,7 @@ def test_cli_search_and_lineage(demo_store, capsys, tmp_path):
     assert lines[1].split()[:2] == ["1", "XDF00007"] and len(lines) == 5
     from hyrax_mlops.stages.infer import read_embeddings
 
-    _, vectors = read_embeddings(result["infer"].run_id, cfg)
+    _, vectors = read_embeddings(result["infer"].run_id)
     np.save(tmp_path / "q.npy", vectors[6])
     assert main(["search", "--run", result.run_id, "--vector", str(tmp_path / "q.npy")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["1", "XDF00007"]
@@ -249,10 +252,10 @@ def test_demo_columns_are_known_before_its_dataset_exists(demo_store):
     be exactly what the xdf source writes."""
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
     from hyrax_mlops.sources.xdf import CATALOG_COLUMNS
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     result, cfg = demo_store
-    data = Dataset(fetch_artifacts(result["dataset"].run_id, ARTIFACT_DIR, cfg))
+    data = Dataset(ArtifactCache.of(cfg).fetch(result["dataset"].run_id, ARTIFACT_DIR))
     assert list(data.catalog.columns) == list(CATALOG_COLUMNS)
 
 

@@ -83,7 +83,7 @@ def test_two_ray_workers_train_with_ddp(ray_cluster, demo_store):
     emb = hm.infer(cfg, train_run=run.run_id)  # the model it logged embeds like any other
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(emb.run_id, cfg)
+    ids, vectors = read_embeddings(emb.run_id)
     assert vectors.shape == (300, 16)
 
 
@@ -141,8 +141,8 @@ def test_ray_data_inference_writes_the_same_embeddings(ray_cluster, demo_store):
                             "infer.cpus_per_worker": 0.5, "infer.batch_size": 64},
                       train_run=result["train"].run_id)
     assert not on_ray.reused and on_ray.run_id != result["infer"].run_id
-    ids_local, local = read_embeddings(result["infer"].run_id, cfg)
-    ids_ray, ray_emb = read_embeddings(on_ray.run_id, cfg)
+    ids_local, local = read_embeddings(result["infer"].run_id)
+    ids_ray, ray_emb = read_embeddings(on_ray.run_id)
     assert list(ids_ray) == list(ids_local)
     np.testing.assert_allclose(ray_emb, local, rtol=1e-4, atol=1e-5)
 

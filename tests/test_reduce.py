@@ -11,7 +11,7 @@ import pandas as pd
 
 import hyrax_mlops as hm
 from hyrax_mlops.analysis.numba_cache import default_cache_dir
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 
 def test_umap_fits_on_a_sample_and_places_every_other_object(demo_store):
@@ -22,7 +22,7 @@ def test_umap_fits_on_a_sample_and_places_every_other_object(demo_store):
     data = mlflow.get_run(run.run_id).data
     assert data.params["reduce.umap_fit_sample"] == "120"
     assert data.metrics["umap_2d_fit_sample"] == 120
-    table = pd.read_parquet(fetch_artifacts(run.run_id, "reductions/umap_2d.parquet", cfg))
+    table = pd.read_parquet(ArtifactCache.of(cfg).fetch(run.run_id, "reductions/umap_2d.parquet"))
     assert len(table) == 300 and table["object_id"].is_unique
     xy = table[["x", "y"]].to_numpy()
     assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0

@@ -371,7 +371,7 @@ def test_streamed_cutouts_that_fail_are_left_out_of_batches_and_counted(store, r
         assert f"stream: {len(OFF)} object(s) could not be fetched and are left out" in said
         assert all(o in said for o in OFF)
 
-        provider = DataProvider(train.data.tags["hyrax.input.dataset"], cfg)
+        provider = DataProvider(train.data.tags["hyrax.input.dataset"], cfg.data)
         ids = provider.catalog["object_id"].astype(str).to_numpy()
         in_splits = {s: set(ids[provider.rows(s)]) for s in ("train", "val", "test")}
         assert set().union(*in_splits.values()) >= OFF  # they would have been in batches
@@ -390,7 +390,7 @@ def test_streamed_cutouts_that_fail_are_left_out_of_batches_and_counted(store, r
         from hyrax_mlops.stages.infer import read_embeddings
 
         embedded = hm.infer(cfg, train_run=run.run_id)  # no embedding made from zeros either
-        got_ids, vectors = read_embeddings(embedded.run_id, cfg)
+        got_ids, vectors = read_embeddings(embedded.run_id)
         assert set(got_ids) == on_sky and len(vectors) == len(on_sky)
         assert mlflow.get_run(embedded.run_id).data.metrics["stream_failed_objects"] == len(OFF)
 

@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import hyrax_mlops as hm
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 from conftest import DATA
 
@@ -36,8 +36,7 @@ def test_ogle3_tabular_classifier_trains_and_predicts(store):
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert got.metrics["test_balanced_accuracy"] > 0.6  # chance is 0.125 over eight classes
     emb = hm.infer(None, over, train_run=run.run_id)
-    table = pq.read_table(fetch_artifacts(emb.run_id, "embeddings.parquet", None or
-                                          hm.load_config(None, over))).to_pandas()
+    table = pq.read_table(ArtifactCache.at().fetch(emb.run_id, "embeddings.parquet")).to_pandas()
     probs = np.stack(table["probabilities"].to_numpy())
     assert probs.shape == (12640, 8) and np.allclose(probs.sum(1), 1, atol=1e-5)
     row = table.set_index("object_id").loc["OGLE-BLG-CEP-01"]

@@ -116,13 +116,13 @@ def test_pipeline_on_the_stack_puts_artifacts_in_s3_and_vectors_in_chroma(team_p
 def test_a_second_machine_reads_through_the_cache_once(team_pipeline, team, tmp_path):
     """Another working directory (another machine) reads the dataset from S3 through MLflow,
     once: the second read is the local cache keyed by run id."""
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     result, cfg, _ = team_pipeline
-    first = fetch_artifacts(result["dataset"].run_id, "dataset", cfg)
+    first = ArtifactCache.of(cfg).fetch(result["dataset"].run_id, "dataset")
     assert first.is_relative_to(tmp_path) and (first / "manifest.json").is_file()
     stamp = (first / "manifest.json").stat().st_mtime_ns
-    again = fetch_artifacts(result["dataset"].run_id, "dataset", cfg)
+    again = ArtifactCache.of(cfg).fetch(result["dataset"].run_id, "dataset")
     assert again == first and (again / "manifest.json").stat().st_mtime_ns == stamp
 
 

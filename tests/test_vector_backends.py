@@ -153,7 +153,7 @@ def test_other_index_settings_make_another_collection_with_honest_recall(demo_sa
         assert space == mlflow.get_run(run_id).data.params["index.metric"]
     assert mlflow.get_run(l2.run_id).data.metrics["recall_at_10"] >= 0.9
 
-    ids, vectors = read_embeddings(infer_id, cfg)
+    ids, vectors = read_embeddings(infer_id)
     row = int(np.flatnonzero(ids == "XDF00010")[0])
     hits = hm.search_by_id(l2.run_id, "XDF00010", k=5)
     truth, truth_d = exact_knn(vectors, vectors[[row]], 5, "l2")

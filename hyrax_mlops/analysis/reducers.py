@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from pydantic import Field
 
-from hyrax_mlops.config import ReduceConfig
+from hyrax_mlops.config import ComponentConfig, ReduceConfig
 from hyrax_mlops.registry import Registry
 
 Reducer = Callable[[np.ndarray, int, ReduceConfig], np.ndarray]
@@ -18,6 +19,16 @@ def pca(x: np.ndarray, dims: int, cfg: ReduceConfig) -> np.ndarray:
     from sklearn.decomposition import PCA
 
     return PCA(n_components=dims, random_state=cfg.seed).fit_transform(x).astype(np.float32)
+
+
+class UmapConfig(ComponentConfig):
+    """UMAP's keys, in `[reduce]`."""
+
+    umap_n_neighbors: int = Field(15, ge=2)
+    umap_min_dist: float = Field(0.1, ge=0)
+    umap_metric: str = "cosine"
+    umap_fit_sample: int = Field(100_000, ge=100)  # fitted on at most this many objects
+    umap_batch: int = Field(100_000, ge=1)  # the rest placed by transform(), this many a time
 
 
 def umap_fit_size(n: int, cfg: ReduceConfig) -> int:
@@ -53,3 +64,6 @@ def umap(x: np.ndarray, dims: int, cfg: ReduceConfig) -> np.ndarray:
         rows = rest[s:s + cfg.umap_batch]
         out[rows] = model.transform(x[rows])
     return out
+
+
+umap.config_class = UmapConfig

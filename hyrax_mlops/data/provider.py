@@ -9,12 +9,12 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
-from hyrax_mlops.config import Config
+from hyrax_mlops.config import DataConfig
 from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
 from hyrax_mlops.data.normalize import Normalizer, fit_normalizer
 from hyrax_mlops.data.splits import assign_splits
 from hyrax_mlops.errors import ConfigError
-from hyrax_mlops.tracking import fetch_artifacts
+from hyrax_mlops.tracking import ArtifactCache
 
 _FIT_SAMPLE = 2000  # objects used to fit normalisation statistics
 _STREAM_FIT_SAMPLE = 256  # fewer when each one is a download
@@ -99,30 +99,31 @@ class DataProvider:
     Normalisation is fitted on the training split unless a fitted `normalizer` is given.
     """
 
-    def __init__(self, dataset_run_id: str, cfg: Config,
-                 normalizer: Normalizer | None = None, local_dir: str | None = None) -> None:
+    def __init__(self, dataset_run_id: str, data: DataConfig,
+                 normalizer: Normalizer | None = None, local_dir: str | None = None,
+                 cache: ArtifactCache | None = None) -> None:
         self.run_id = dataset_run_id
-        self.cfg = cfg
+        self.settings = data  # the [data] section: how to read, split and batch
         if local_dir is None or not Path(local_dir).is_dir():  # e.g. a worker on another node
-            local_dir = fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)
+            local_dir = (cache or ArtifactCache.at()).fetch(dataset_run_id, ARTIFACT_DIR)
         self.data = Dataset(local_dir)
         if self.data.streamed:
             from hyrax_mlops.sources.stream import CutoutStream
 
-            self.data.stream = CutoutStream(self.data.manifest, self.data.catalog, cfg.data)
+            self.data.stream = CutoutStream(self.data.manifest, self.data.catalog, data)
             self._stream_run()  # now, in the stage's thread: batches are made in another
-        self.splits = assign_splits(self.data.ids, cfg.data.split, cfg.data.split_seed)
-        self.classes, self.labels = self._labels(cfg)
-        self.normalizer = normalizer or self._fit(cfg.data.normalize)
-        if normalizer is None and cfg.data.features:
+        self.splits = assign_splits(self.data.ids, data.split, data.split_seed)
+        self.classes, self.labels = self._labels(data)
+        self.normalizer = normalizer or self._fit(data.normalize)
+        if normalizer is None and data.features:
             from hyrax_mlops.data.normalize import fit_features
 
             train = self.rows("train")
             self.normalizer.features = fit_features(
-                self.catalog.iloc[train if len(train) else self.rows()], cfg.data.features)
+                self.catalog.iloc[train if len(train) else self.rows()], data.features)
         scaler = self.normalizer.features
         self.tabular = scaler.transform(self.catalog) if scaler is not None else None
-        self.series = self._series(cfg, normalizer is None)
+        self.series = self._series(data, normalizer is None)
         self._memory: torch.Tensor | None = None
 
     def _stream_run(self) -> str | None:
@@ -163,7 +164,7 @@ class DataProvider:
             f"batches, not trained on as zeros: {shown}{more} (metric stream_failed_objects)")
         return len(failed)
 
-    def _series(self, cfg: Config, fit: bool) -> dict[str, np.ndarray]:
+    def _series(self, data: DataConfig, fit: bool) -> dict[str, np.ndarray]:
         """Light-curve and spectrum tensors with masks for every row, when the dataset has
         them; their layout (bands, points, grid) is fitted here or taken from the model's."""
         import pandas as pd
@@ -175,8 +176,8 @@ class DataProvider:
             return {}
         layout = self.normalizer.series
         if fit or layout is None:
-            layout = {"spectrum_grid": list(cfg.data.spectrum_grid),
-                      "lightcurve_points": cfg.data.lightcurve_points, "lightcurve_bands": []}
+            layout = {"spectrum_grid": list(data.spectrum_grid),
+                      "lightcurve_points": data.lightcurve_points, "lightcurve_bands": []}
             if lc_path.is_file():
                 bands = pd.read_parquet(lc_path, columns=["band"])["band"]
                 layout["lightcurve_bands"] = sorted(bands.astype(str).unique())
@@ -193,19 +194,19 @@ class DataProvider:
                 pd.read_parquet(sp_path), ids, grid)
         return out
 
-    def _labels(self, cfg: Config) -> tuple[list[str], np.ndarray | None]:
+    def _labels(self, data: DataConfig) -> tuple[list[str], np.ndarray | None]:
         """Classes (sorted) and each row's class index (-1 when unlabelled), from
         `data.label_column` of the catalog or of `data.labels_file` joined by object_id."""
-        column = cfg.data.label_column
+        column = data.label_column
         if not column:
             return [], None
         source = "the dataset's catalog"
         table = self.data.catalog
-        if cfg.data.labels_file:
+        if data.labels_file:
             from hyrax_mlops.config import require_path
             from hyrax_mlops.data.catalogs import read_catalog
 
-            path = require_path(cfg, "data.labels_file", "file")
+            path = require_path(data, "data.labels_file", "file")
             table, source = read_catalog(path), str(path)
         if column not in table.columns:
             raise ConfigError(f"config key 'data.label_column' = '{column}' is not a column of "
@@ -277,7 +278,7 @@ class DataProvider:
         epoch after the first read costs a slice, as with tensors already in RAM."""
         if self._memory is None and self.data.shape and not self.data.streamed:
             size_gb = len(self.data) * int(np.prod(self.input_shape)) * 4 / 2**30
-            if not 0 < size_gb <= self.cfg.data.cache_gb:
+            if not 0 < size_gb <= self.settings.cache_gb:
                 return None
             memory = np.empty((len(self.data), *self.input_shape), np.float32)
             for i in range(0, len(self.data), 4096):
@@ -308,10 +309,10 @@ class DataProvider:
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(
             self.torch_dataset(split, cache=cache, drop_failed=drop_failed),
-            batch_size=batch_size or self.cfg.data.batch_size,
-            shuffle=shuffle, generator=gen, num_workers=self.cfg.data.num_workers,
+            batch_size=batch_size or self.settings.batch_size,
+            shuffle=shuffle, generator=gen, num_workers=self.settings.num_workers,
             collate_fn=_collate,
         )
-        if prefetch and self.data.streamed and self.cfg.data.stream_prefetch:
-            return _Prefetched(loader, self.cfg.data.stream_prefetch)
+        if prefetch and self.data.streamed and self.settings.stream_prefetch:
+            return _Prefetched(loader, self.settings.stream_prefetch)
         return loader

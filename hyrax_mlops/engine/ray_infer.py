@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from hyrax_mlops.config import Config
+from hyrax_mlops.config import Config, DataConfig
 
 
 class _Embedder:
     """One actor: the model (weights only, no unpickling) and the dataset's pixels."""
 
     def __init__(self, model_uri: str, tracking_uri: str, dataset_run_id: str,
-                 dataset_dir: str, cfg: dict[str, Any]) -> None:
+                 dataset_dir: str, cfg: dict[str, Any], data: dict[str, Any]) -> None:
         import mlflow
 
         from hyrax_mlops.data.provider import DataProvider
@@ -26,7 +26,8 @@ class _Embedder:
         loaded = load_bundle(model_uri)
         self.device = resolve_device(config.infer.device)
         self.model = loaded.model.to(self.device).eval()
-        self.provider = DataProvider(dataset_run_id, config, loaded.normalizer, dataset_dir)
+        self.provider = DataProvider(dataset_run_id, DataConfig.model_validate(data),
+                                     loaded.normalizer, dataset_dir)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -60,7 +61,8 @@ def embed_on_ray(cfg: Config, model_uri: str, provider, tracking_uri: str
         fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri,
                                "dataset_run_id": provider.run_id,
                                "dataset_dir": str(provider.data.root),
-                               "cfg": cfg.model_dump(mode="json")})
+                               "cfg": cfg.as_dict(),
+                               "data": provider.settings.model_dump(mode="json")})
     out = ds.to_pandas()
     order = np.argsort(out["row"].to_numpy())
     emb = np.stack(out["embedding"].to_numpy()[order]).astype(np.float32)

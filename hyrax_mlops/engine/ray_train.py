@@ -42,7 +42,7 @@ def _worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     seed_everything(cfg.train.seed)
-    provider = DataProvider(config["dataset_run_id"], cfg,
+    provider = DataProvider(config["dataset_run_id"], cfg.data,
                             Normalizer.from_dict(config["normalizer"]), config["dataset_dir"])
     model = build_model(cfg.model, provider.input_shape, provider.data_info())
     step = ray.train.torch.prepare_model(_Step(model))
@@ -108,7 +108,7 @@ def fit_on_ray(cfg: Config, provider, run_id: str, tracking_uri: str,
     trainer = TorchTrainer(
         _worker,
         train_loop_config={
-            "cfg": cfg.model_dump(mode="json"), "dataset_run_id": provider.run_id,
+            "cfg": cfg.as_dict(), "dataset_run_id": provider.run_id,
             "dataset_dir": str(provider.data.root), "normalizer": provider.normalizer.to_dict(),
             "run_id": run_id, "tracking_uri": tracking_uri,
             "resume_file": str(resume_file) if resume_file else None,

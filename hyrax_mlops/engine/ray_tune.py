@@ -111,7 +111,8 @@ def _trial(config: dict[str, Any], ctx: dict[str, Any]) -> None:
         client.log_param(rid, key, value)
     cfg = trial_config(base, sampled)
     seed_everything(cfg.train.seed)
-    provider = DataProvider(ctx["dataset_run_id"], cfg, Normalizer.from_dict(ctx["normalizer"]),
+    provider = DataProvider(ctx["dataset_run_id"], cfg.data,
+                            Normalizer.from_dict(ctx["normalizer"]),
                             ctx["dataset_dir"])
     model = build_model(cfg.model, provider.input_shape, provider.data_info())
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +160,7 @@ def run_sweep(cfg: Config, provider, parent_run_id: str, experiment_id: str,
     resources = {"cpu": t.cpus_per_trial, **({"gpu": t.gpus_per_trial}
                                               if t.gpus_per_trial else {})}
     ctx = {
-        "cfg": cfg.model_dump(mode="json"), "dataset_run_id": provider.run_id,
+        "cfg": cfg.as_dict(), "dataset_run_id": provider.run_id,
         "dataset_dir": str(provider.data.root), "normalizer": provider.normalizer.to_dict(),
         "parent_run_id": parent_run_id, "experiment_id": experiment_id,
         "tracking_uri": tracking_uri,

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from hyrax_mlops.config import DownloadConfig
+from hyrax_mlops.config import ComponentConfig, DownloadConfig
 from hyrax_mlops.data.dataset import DatasetWriter
 from hyrax_mlops.sources import SOURCES
 
@@ -78,13 +79,21 @@ CATALOG_COLUMNS = ("object_id", "ra", "dec", "x", "y", "flux", "flux_err", "peak
                    *(f"flux_{band.lower()}" for band in BANDS), LABEL_COLUMN)
 
 
+class XdfConfig(ComponentConfig):
+    """The XDF source's keys, `[download.xdf]`: how galaxies are detected in the image."""
+
+    detect_threshold: float = Field(3.0, gt=0)  # in sigma of the background rms
+    min_area: int = Field(8, ge=1)  # connected pixels
+
+
 @SOURCES.register("xdf")
 def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[str, Any]:
     """Detect, measure and cut the XDF galaxies whose whole stamp lies inside the image."""
     rgb, sha = load_xdf_image()
     height, width, _ = rgb.shape
     size, half = cfg.stamp_size, cfg.stamp_size // 2
-    m = detect(rgb, cfg.detect_threshold, cfg.min_area)
+    own = cfg.xdf  # [download.xdf]
+    m = detect(rgb, own.detect_threshold, own.min_area)
     xi, yi = np.round(m["x"]).astype(int), np.round(m["y"]).astype(int)
     inside = (xi - half >= 0) & (xi + half <= width) & (yi - half >= 0) & (yi + half <= height)
     order = [k for k in np.argsort(-m["flux"], kind="stable") if inside[k]]
@@ -111,3 +120,6 @@ def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[st
 
 
 fetch_xdf.catalog_columns = CATALOG_COLUMNS  # known before the download (config checks)
+
+
+fetch_xdf.config_class = XdfConfig

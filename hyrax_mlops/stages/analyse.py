@@ -17,6 +17,7 @@ from hyrax_mlops.config import Config, require_path, with_overrides
 from hyrax_mlops.errors import ConfigError, HyraxError, LineageError
 from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import (
+    ArtifactCache,
     StageRun,
     StageSpec,
     get_run,
@@ -163,14 +164,14 @@ def summary(run_id: str, cfg: Config) -> list[str]:
     from hyrax_mlops.analysis.clusters import SPACE_TAG
     from hyrax_mlops.analysis.outliers import GALLERY, OUTLIERS_TABLE
     from hyrax_mlops.redact import redact
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     run = mlflow.get_run(run_id)
     m, params = run.data.metrics, run.data.params
     lines = [f"{int(m.get('n_objects', 0))} objects analysed "
              f"({', '.join(json.loads(params.get('analyse.analyses', '[]')))})"]
     if "outliers.n_flagged" in m:
-        top = pd.read_parquet(fetch_artifacts(run_id, OUTLIERS_TABLE, cfg)).head(SUMMARY_TOP)
+        top = pd.read_parquet(ArtifactCache.of(cfg).fetch(run_id, OUTLIERS_TABLE)).head(SUMMARY_TOP)
         named = ", ".join(f"{oid} ({score:.3f})" for oid, score in
                           zip(top["object_id"], top["outlier_score"], strict=True))
         lines.append(f"outliers: {int(m['outliers.n_flagged'])} flagged (top "
@@ -204,7 +205,7 @@ def summary(run_id: str, cfg: Config) -> list[str]:
             found = "too few classes to score"
         lines.append(f"quality against '{label}': {found}")
     if GALLERY in {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "plots")}:
-        path = fetch_artifacts(run_id, GALLERY, cfg)
+        path = ArtifactCache.of(cfg).fetch(run_id, GALLERY)
         lines.append(f"gallery of the top outliers: {GALLERY} of run {run_id}")
         lines.append(f"  open {redact(str(path))}  (an image viewer, or the MLflow UI: the "
                      "run's Artifacts tab)")
@@ -213,9 +214,9 @@ def summary(run_id: str, cfg: Config) -> list[str]:
 
 def _dataset(cfg: Config, dataset_run_id: str):
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    return Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg))
+    return Dataset(ArtifactCache.of(cfg).fetch(dataset_run_id, ARTIFACT_DIR))
 
 
 def _check_columns(cfg: Config, catalog) -> None:
@@ -294,20 +295,22 @@ def _reconstructing_model(cfg: Config, infer):
     return loaded
 
 
-def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
+def measure_statistics(cfg: Config, loaded, infer_run_id: str, dataset_run_id: str, ids):
     """In one pass over the pixels: `reconstruction_error` when `loaded` (a reconstructing
     model) is given, and the stamp statistics (analysis.stamp_statistics, of the residual
     too with a model) when "residual" or "pixels" scores them: a DataFrame in the order of
-    `ids`."""
+    `ids`. The stamps are read and batched as the infer run read them."""
     import pandas as pd
 
     from hyrax_mlops.analysis.stamp_statistics import stamp_statistics
     from hyrax_mlops.data.provider import DataProvider
     from hyrax_mlops.engine.inference import batch_statistics
+    from hyrax_mlops.stages.infer import how_embedded
 
-    provider = DataProvider(dataset_run_id, cfg,
+    data, embedded = how_embedded(get_run(infer_run_id))
+    provider = DataProvider(dataset_run_id, data, cache=ArtifactCache.of(cfg),
                             normalizer=loaded.normalizer if loaded is not None else None)
-    loader = provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False)
+    loader = provider.dataloader(None, batch_size=embedded.batch_size, cache=False)
     wanted = _wants(cfg, "residual", "pixels")
     stretch = provider.normalizer.method
 
@@ -315,7 +318,7 @@ def measure_statistics(cfg: Config, loaded, dataset_run_id: str, ids):
         return stamp_statistics(images, residuals, stretch=stretch) if wanted else {}
 
     values = batch_statistics(loader, statistics,
-                              loaded.model if loaded is not None else None, cfg.infer.device,
+                              loaded.model if loaded is not None else None, embedded.device,
                               desc="reconstruct" if loaded is not None else "statistics")
     order = provider.catalog["object_id"].astype(str).to_numpy()
     return pd.DataFrame(values, index=order).reindex(ids).reset_index(drop=True)
@@ -342,7 +345,7 @@ def read_map(cfg: Config, reduce_run_id: str):
     import mlflow
     import pandas as pd
 
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
     params = mlflow.get_run(reduce_run_id).data.params
     methods = json.loads(params.get("reduce.methods", "[]"))
@@ -353,7 +356,7 @@ def read_map(cfg: Config, reduce_run_id: str):
     problems = []
     for method in methods:
         try:
-            path = fetch_artifacts(reduce_run_id, f"reductions/{method}_2d.parquet", cfg)
+            path = ArtifactCache.of(cfg).fetch(reduce_run_id, f"reductions/{method}_2d.parquet")
         except Exception as exc:  # this method's map is missing: try the next, say why at the end
             problems.append(f"{method}: {type(exc).__name__}: {exc}")
             continue
@@ -377,7 +380,7 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
 
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(infer_run_id, cfg)
+    ids, vectors = read_embeddings(infer_run_id, ArtifactCache.of(cfg))
     catalog = dataset.catalog.assign(object_id=dataset.catalog["object_id"].astype(str))
     rows = pd.Series(np.arange(len(catalog)), index=catalog["object_id"]).loc[ids].to_numpy()
     ctx = AnalysisContext(cfg.analyse, ids, vectors, catalog.iloc[rows].reset_index(drop=True),
@@ -394,7 +397,7 @@ def _analyse(cfg: Config, infer_run_id: str, dataset_run_id: str, dataset,
         ctx.images = lambda local: dataset.images(rows[np.asarray(local)])
     if model is not None or _wants(cfg, "pixels"):
         start = time.perf_counter()
-        ctx.statistics = measure_statistics(cfg, model, dataset_run_id, ids)
+        ctx.statistics = measure_statistics(cfg, model, infer_run_id, dataset_run_id, ids)
         if "reconstruction_error" in ctx.statistics:
             ctx.columns["reconstruction_error"] = ctx.statistics["reconstruction_error"]
             ctx.residuals = residual_maps(model, dataset, rows)

@@ -22,9 +22,9 @@ from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.sources import SOURCES
 from hyrax_mlops.sources.survey import SURVEYS, DownloadContext, survey_source
 from hyrax_mlops.stages._dataset import log_dataset
-from hyrax_mlops.tracking import StageRun, StageSpec, run_stage
+from hyrax_mlops.tracking import ArtifactCache, StageRun, StageSpec, run_stage
 
-SECTIONS = ("download",)
+SECTIONS = ("download", "data.mode")  # a stream download keeps the catalog, not pixels
 METRICS_EVERY_S = 5.0
 JOURNAL_EVERY_S = 60.0
 
@@ -124,7 +124,7 @@ def _body(cfg: Config, source):
     def body(run_id: str) -> None:
         import mlflow
 
-        work = Path(cfg.tracking.cache_dir).expanduser().resolve() / "downloads" / run_id
+        work = ArtifactCache.of(cfg).work_dir("downloads", run_id)
         work.mkdir(parents=True, exist_ok=True)
         reporter = _Reporter(work)
         ctx = DownloadContext(work, reporter)
@@ -181,5 +181,6 @@ def resume(run_id: str) -> StageRun:
     """Continue an interrupted download run in place, with the config it was started with."""
     from hyrax_mlops.tracking import interrupted_run
 
-    _, cfg = interrupted_run(run_id, "download")
+    _, made_with = interrupted_run(run_id, "download")
+    cfg = made_with.only(SECTIONS, "download")  # as the body saw it the first time
     return run_stage(*_spec_and_body(cfg), resume_run_id=run_id)

@@ -72,14 +72,14 @@ def _export(cfg: Config, embeddings: str, dataset: str, analysis: str | None) ->
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
     from hyrax_mlops.stages.analyse import COLUMNS
     from hyrax_mlops.stages.infer import read_embeddings
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    ids, vectors = read_embeddings(embeddings, cfg)
-    catalog = Dataset(fetch_artifacts(dataset, ARTIFACT_DIR, cfg)).catalog
+    ids, vectors = read_embeddings(embeddings, ArtifactCache.of(cfg))
+    catalog = Dataset(ArtifactCache.of(cfg).fetch(dataset, ARTIFACT_DIR)).catalog
     catalog = catalog.assign(object_id=catalog["object_id"].astype(str))  # ids stay text
     table = pd.DataFrame({"object_id": ids}).merge(catalog, on="object_id", how="left")
     if analysis:
-        extra = pd.read_parquet(fetch_artifacts(analysis, COLUMNS, cfg))
+        extra = pd.read_parquet(ArtifactCache.of(cfg).fetch(analysis, COLUMNS))
         extra = extra.assign(object_id=extra["object_id"].astype(str))
         table = table.merge(extra, on="object_id", how="left", suffixes=("", "_analysis"))
     images = [c for c in table.columns if pd.api.types.is_string_dtype(table[c])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import DataError
-from hyrax_mlops.tracking import StageRun, StageSpec, fetch_artifacts, run_stage
+from hyrax_mlops.tracking import ArtifactCache, StageRun, StageSpec, run_stage
 
 REMOVED = "filter/removed_ids.csv"
 
@@ -37,7 +37,7 @@ def _filter(cfg: Config, dataset_run_id: str, ids: list[str], reason: str) -> No
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset, DatasetWriter
     from hyrax_mlops.stages._dataset import log_dataset
 
-    source = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg))
+    source = Dataset(ArtifactCache.of(cfg).fetch(dataset_run_id, ARTIFACT_DIR))
     if source.streamed:
         raise DataError("a streamed dataset has no shards to filter: download it first "
                         "(data.mode = \"dataset\")")

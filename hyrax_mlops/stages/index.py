@@ -12,6 +12,7 @@ import numpy as np
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.tracking import (
+    ArtifactCache,
     StageRun,
     StageSpec,
     get_run,
@@ -114,9 +115,9 @@ def recorded_collection(run) -> str:
 
 def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    catalog = Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
+    catalog = Dataset(ArtifactCache.of(cfg).fetch(dataset_run_id, ARTIFACT_DIR)).catalog
     cols = cfg.index.metadata_columns or list(catalog.columns)
     unknown = [c for c in cols if c not in catalog.columns]
     if unknown:
@@ -144,9 +145,9 @@ def joined_vectors(cfg: Config, ids: np.ndarray, embeddings: np.ndarray,
 
     from hyrax_mlops.analysis.signature import Signature
     from hyrax_mlops.stages.analyse import STATISTICS_TABLE
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    table = pd.read_parquet(fetch_artifacts(analyse_run_id, STATISTICS_TABLE, cfg))
+    table = pd.read_parquet(ArtifactCache.of(cfg).fetch(analyse_run_id, STATISTICS_TABLE))
     table = table.set_index(table["object_id"].astype(str)).reindex(ids.astype(str))
     signature = Signature.fit(table, embeddings)
     if not signature.names:  # an analyse run that measured the reconstruction error alone
@@ -164,7 +165,7 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
 
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(infer_run_id, cfg)
+    ids, vectors = read_embeddings(infer_run_id, ArtifactCache.of(cfg))
     signature = None
     if statistics_run_id:
         vectors, signature = joined_vectors(cfg, ids, vectors, statistics_run_id)

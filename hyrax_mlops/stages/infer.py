@@ -5,10 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from hyrax_mlops.config import Config
+from hyrax_mlops.config import Config, DataConfig, InferConfig
 from hyrax_mlops.errors import ConfigError, LineageError
 from hyrax_mlops.tracking import (
     DATASET_STAGES,
+    ArtifactCache,
     StageRun,
     StageSpec,
     get_run,
@@ -50,7 +51,7 @@ def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None
                      fingerprint=info.model_id, name=_run_name(uri, source_run))
 
     def body(run_id: str) -> dict[str, str]:
-        return _infer(cfg, uri, dataset)
+        return _infer(cfg, uri, dataset, reading_settings(source_run))
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
 
@@ -69,7 +70,28 @@ def _run_name(uri: str, source_run: str) -> str:
     return "infer-" + (made_by.split("-", 1)[1] if "-" in made_by else made_by or "model")
 
 
-def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
+def reading_settings(model_run_id: str) -> DataConfig:
+    """How a model's stamps are read (the [data] section its train run logged), labels left
+    out: embedding needs none, and the labels file may be gone. Defaults for a model whose
+    run logged no config."""
+    from hyrax_mlops.tracking import config_of
+
+    made_with = config_of(model_run_id)
+    data = made_with.data if made_with is not None else DataConfig()
+    return data.model_copy(update={"label_column": "", "labels_file": ""})
+
+
+def how_embedded(infer_run) -> tuple[DataConfig, InferConfig]:
+    """How an infer run read its stamps and batched them: what reading them again the same
+    way needs (analyse's statistics), from the runs' logged configs, not today's."""
+    from hyrax_mlops.tracking import config_of
+
+    made_with = config_of(infer_run.info.run_id)
+    return (reading_settings(input_run(infer_run, "model")),
+            made_with.infer if made_with is not None else InferConfig())
+
+
+def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig) -> dict[str, str]:
     import mlflow
     import numpy as np
     import pyarrow as pa
@@ -81,7 +103,8 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
     from hyrax_mlops.errors import DataError
 
     loaded = load_bundle(uri)
-    provider = DataProvider(dataset_run_id, cfg, normalizer=loaded.normalizer)
+    provider = DataProvider(dataset_run_id, data, normalizer=loaded.normalizer,
+                            cache=ArtifactCache.of(cfg))
     if list(provider.input_shape) != list(loaded.spec["input_shape"]):
         raise DataError(f"dataset stamps are {list(provider.input_shape)} but the model was "
                         f"trained on {loaded.spec['input_shape']}.")
@@ -130,14 +153,12 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str) -> dict[str, str]:
     return {"embeddings": EMBEDDINGS}
 
 
-def read_embeddings(run_id: str, cfg: Config):
+def read_embeddings(run_id: str, cache: ArtifactCache | None = None):
     """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache."""
     import numpy as np
     import pyarrow.parquet as pq
 
-    from hyrax_mlops.tracking import fetch_artifacts
-
-    table = pq.read_table(fetch_artifacts(run_id, EMBEDDINGS, cfg))
+    table = pq.read_table((cache or ArtifactCache.at()).fetch(run_id, EMBEDDINGS))
     col = table.column("embedding").combine_chunks()
     dim = col.type.list_size
     vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)

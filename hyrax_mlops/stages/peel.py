@@ -15,7 +15,7 @@ from pathlib import Path
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.summaries import TAG_PEEL_ROUND
-from hyrax_mlops.tracking import StageRun, StageSpec, fetch_artifacts, get_run, input_run, run_stage
+from hyrax_mlops.tracking import ArtifactCache, StageRun, StageSpec, get_run, input_run, run_stage
 
 ROUNDS = "peel/rounds.csv"
 
@@ -33,7 +33,7 @@ def top_outliers(cfg: Config, analyse_run_id: str) -> list[str]:
     from hyrax_mlops.analysis.outliers import OUTLIERS_TABLE
 
     try:
-        table = pd.read_parquet(fetch_artifacts(analyse_run_id, OUTLIERS_TABLE, cfg))
+        table = pd.read_parquet(ArtifactCache.of(cfg).fetch(analyse_run_id, OUTLIERS_TABLE))
     except Exception:
         raise ConfigError(f"analyse run '{analyse_run_id}' has no {OUTLIERS_TABLE}: peel needs "
                           "\"outliers\" in analyse.analyses") from None

@@ -9,7 +9,15 @@ from pathlib import Path
 from hyrax_mlops.analysis.reducers import REDUCERS, umap_fit_size
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
-from hyrax_mlops.tracking import StageRun, StageSpec, get_run, input_run, run_stage, say
+from hyrax_mlops.tracking import (
+    ArtifactCache,
+    StageRun,
+    StageSpec,
+    get_run,
+    input_run,
+    run_stage,
+    say,
+)
 
 SECTIONS = ("reduce",)
 HOVER = ("flux", "r_half", "ra", "dec")
@@ -50,9 +58,9 @@ def run(cfg: Config, embeddings: str, *, force: bool = False,
 
 def _catalog(cfg: Config, dataset_run_id: str):
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
-    from hyrax_mlops.tracking import fetch_artifacts
+    from hyrax_mlops.tracking import ArtifactCache
 
-    return Dataset(fetch_artifacts(dataset_run_id, ARTIFACT_DIR, cfg)).catalog
+    return Dataset(ArtifactCache.of(cfg).fetch(dataset_run_id, ARTIFACT_DIR)).catalog
 
 
 def _color_by(cfg: Config, catalog) -> tuple[str | None, str | None]:
@@ -74,7 +82,7 @@ def _reduce(cfg: Config, infer_run_id: str, catalog, color: str | None) -> dict[
     from hyrax_mlops.analysis.maps import COORDS, map_png, maps_html
     from hyrax_mlops.stages.infer import read_embeddings
 
-    ids, vectors = read_embeddings(infer_run_id, cfg)
+    ids, vectors = read_embeddings(infer_run_id, ArtifactCache.of(cfg))
     extra_cols = [c for c in dict.fromkeys([color, *HOVER]) if c and c in catalog.columns]
     info = catalog.set_index("object_id")[extra_cols].loc[ids].reset_index()
     maps: dict[str, pd.DataFrame] = {}

@@ -64,9 +64,15 @@ class Stage:
 
     @property
     def sections(self) -> tuple[str, ...]:
-        """The config sections the stage's identity hashes (its module's SECTIONS)."""
+        """The config sections (or single keys, "data.mode") the stage's identity hashes and
+        its body may read (its module's SECTIONS)."""
         module = self.code()  # () for a stage that reads no config: its inputs identify it
         return tuple(module.SECTIONS if hasattr(module, "SECTIONS") else module.ALL_SECTIONS)
+
+    def run(self, cfg: Config, **inputs_and_options: Any):
+        """The stage's body under its view of `cfg`: only the sections it declares (and
+        where runs go); reading another raises UndeclaredConfigError."""
+        return self.code().run(cfg.only(self.sections, self.name), **inputs_and_options)
 
     def check_config(self, cfg: Config) -> None:
         """Everything the stage can check before any run exists (names, keys, paths)."""

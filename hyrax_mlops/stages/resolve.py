@@ -109,7 +109,7 @@ class Resolver:
         kwargs = {"force": force, **(options or {})}
         if self.parent_run_id:
             kwargs["parent_run_id"] = self.parent_run_id
-        result = spec.code().run(self.cfg, **inputs, **kwargs)
+        result = spec.run(self.cfg, **inputs, **kwargs)
         self.made[stage] = result
         return result
 

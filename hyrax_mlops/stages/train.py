@@ -6,7 +6,14 @@ import tempfile
 from pathlib import Path
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import DATASET_STAGES, StageRun, StageSpec, get_run, run_stage
+from hyrax_mlops.tracking import (
+    DATASET_STAGES,
+    ArtifactCache,
+    StageRun,
+    StageSpec,
+    get_run,
+    run_stage,
+)
 
 SECTIONS = ("data", "model", "train")
 LAST = "checkpoints/last.pt"  # everything needed to continue, after every epoch
@@ -96,7 +103,7 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
     from hyrax_mlops.models import build_model, model_params
 
     seed_everything(cfg.train.seed)
-    provider = DataProvider(dataset_run_id, cfg)
+    provider = DataProvider(dataset_run_id, cfg.data, cache=ArtifactCache.of(cfg))
     info = provider.data_info()
     params = model_params(cfg.model, info)
     model = build_model(cfg.model, provider.input_shape, info)

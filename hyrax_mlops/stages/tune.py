@@ -8,7 +8,14 @@ import tempfile
 from pathlib import Path
 
 from hyrax_mlops.config import Config
-from hyrax_mlops.tracking import DATASET_STAGES, StageRun, StageSpec, get_run, run_stage
+from hyrax_mlops.tracking import (
+    DATASET_STAGES,
+    ArtifactCache,
+    StageRun,
+    StageSpec,
+    get_run,
+    run_stage,
+)
 
 SECTIONS = ("data", "model", "train", "tune")
 
@@ -85,7 +92,7 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
     from hyrax_mlops.models import build_model, model_params
     from hyrax_mlops.tracking import tracking_uri
 
-    provider = DataProvider(dataset_run_id, cfg)
+    provider = DataProvider(dataset_run_id, cfg.data, cache=ArtifactCache.of(cfg))
     experiment_id = mlflow.get_run(run_id).info.experiment_id
     with tempfile.TemporaryDirectory(prefix="hyrax-tune-") as tmp:
         grid = run_sweep(cfg, provider, run_id, experiment_id, tracking_uri(), Path(tmp))

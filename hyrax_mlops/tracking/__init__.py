@@ -11,7 +11,7 @@ resuming), `artifacts` (the artifact cache), `lineage`.
 """
 
 from hyrax_mlops.code_version import code_version
-from hyrax_mlops.tracking.artifacts import fetch_artifacts
+from hyrax_mlops.tracking.artifacts import ArtifactCache
 from hyrax_mlops.tracking.lineage import (
     LineageNode,
     consumers,
@@ -40,14 +40,20 @@ from hyrax_mlops.tracking.runs import (
     run_of_input,
     say,
 )
-from hyrax_mlops.tracking.stage_run import interrupted_run, name_hint, run_name, run_stage
+from hyrax_mlops.tracking.stage_run import (
+    config_of,
+    interrupted_run,
+    name_hint,
+    run_name,
+    run_stage,
+)
 from hyrax_mlops.tracking.store import setup, tracking_uri, use_store
 
 __all__ = [
     "CONFIG_ARTIFACT", "DATASET_STAGES", "TAG_CODE_VERSION", "TAG_CONFIG_HASH", "TAG_ERROR",
     "TAG_FINGERPRINT", "TAG_INPUT", "TAG_LAUNCHED", "TAG_RESUMED_AFTER", "TAG_REUSED",
     "TAG_STAGE", "TAG_STAGE_RUN", "WAIT_POLL_S", "LineageNode", "StageRun", "StageSpec",
-    "code_version", "consumers", "fetch_artifacts", "find_in_lineage", "find_reusable",
+    "ArtifactCache", "code_version", "config_of", "consumers", "find_in_lineage", "find_reusable",
     "get_run", "input_run", "interrupted_run", "lineage", "lineage_lines", "name_hint",
     "run_name", "run_of_input", "run_stage", "say", "setup", "sweep_orphans", "tracking_uri",
     "use_store",

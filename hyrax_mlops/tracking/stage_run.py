@@ -170,7 +170,6 @@ def interrupted_run(run_id: str, stage: str):
     `--resume RUN_ID` continues."""
     import mlflow
 
-    from hyrax_mlops.config import load_config
 
     use_store()
     try:
@@ -187,6 +186,27 @@ def interrupted_run(run_id: str, stage: str):
         from mlflow.tracking import MlflowClient
 
         sweep_orphans(MlflowClient(), run.info.experiment_id)
-    cfg = load_config(mlflow.artifacts.download_artifacts(run_id=run_id,
-                                                          artifact_path=CONFIG_ARTIFACT))
+    cfg = config_of(run_id)
+    if cfg is None:
+        raise LineageError(f"run '{run_id}' logged no {CONFIG_ARTIFACT}: it cannot be resumed "
+                           "with the config it was started with.")
     return run, cfg
+
+
+def config_of(run_id: str) -> Config | None:
+    """The config a run was made with (its logged config.toml; a stage logs the sections it
+    reads, the others are defaults), or None when it logged none."""
+    import tempfile
+
+    import mlflow
+
+    from hyrax_mlops.config import load_config
+
+    with tempfile.TemporaryDirectory(prefix="hyrax-config-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id,
+                                                       artifact_path=CONFIG_ARTIFACT,
+                                                       dst_path=tmp)
+        except Exception:  # noqa: BLE001 - a model logged outside hyrax-mlops has none
+            return None
+        return load_config(path)
