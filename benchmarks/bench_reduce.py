@@ -1,10 +1,11 @@
-"""Benchmark UMAP in `reduce`: time and peak memory at 10k, 100k and 1M points (fit on a
-sample of at most `reduce.umap_fit_sample`, the rest placed by `transform`), each in a fresh
-process; and the cold-process cost on the demo-sized set with numba's compile cache empty
-(what plain umap-learn pays in every new process) against the same with our persistent cache.
+"""Benchmark UMAP and t-SNE in `reduce`: time and peak memory at 10k, 100k and 1M points (fit
+on a sample of at most `reduce.umap_fit_sample` / `tsne_fit_sample`, the rest placed by
+`transform`), each in a fresh process; and the cold-process cost on the demo-sized set with
+numba's compile cache empty (what plain umap-learn pays in every new process) against the same
+with our persistent cache.
 
-The reference is plain umap-learn `fit_transform` on all points, run where it fits in the time
-budget (`--reference-max`, default 100k).
+The references are plain umap-learn `fit_transform` and plain openTSNE `fit` on all points,
+run where they fit in the time budget (`--reference-max`, `--tsne-reference-max`, 100k).
 
     .venv/bin/python benchmarks/bench_reduce.py [--size small|large]
 """
@@ -40,11 +41,17 @@ def cell(kind: str, n: int) -> dict:
     """One run in this fresh process: 'hyrax' (the registered reducer) or 'plain' umap-learn."""
     x = points(n)
     start = time.perf_counter()
-    if kind == "hyrax":
+    if kind in ("hyrax", "hyrax-tsne"):
         from hyrax_mlops.analysis.reducers import REDUCERS
         from hyrax_mlops.config import load_config
 
-        y = REDUCERS.get("umap")(x, 2, load_config(None, {}).reduce)
+        method = "umap" if kind == "hyrax" else "tsne"
+        y = REDUCERS.get(method)(x, 2, load_config(None, {}).reduce)
+    elif kind == "plain-tsne":  # openTSNE on every point, as its README shows
+        from openTSNE import TSNE
+
+        y = TSNE(n_components=2, metric="cosine", random_state=42, n_jobs=1,
+                 verbose=False).fit(x)
     else:
         import umap
 
@@ -68,6 +75,7 @@ def run_cell(kind: str, n: int, numba_cache: str | None = None) -> dict:
 def main() -> None:
     ap = arguments(__doc__, SIZES)
     ap.add_argument("--reference-max", type=int, default=100_000)
+    ap.add_argument("--tsne-reference-max", type=int, default=100_000)
     ap.add_argument("--cell", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.cell:
@@ -93,6 +101,15 @@ def main() -> None:
                 ratios[f"plain_over_hyrax_{n}"] = (results[f"plain_{n}"]["seconds"]
                                                    / results[f"hyrax_{n}"]["seconds"])
             print(f"[bench] {n}: {json.dumps(results[f'hyrax_{n}'])}", flush=True)
+        # t-SNE (reduce.methods = ["tsne"]): fitted on at most tsne_fit_sample points, the
+        # rest placed by transform; plain openTSNE fits every point
+        for n in SIZES[args.size]:
+            results[f"tsne_hyrax_{n}"] = run_cell("hyrax-tsne", n)
+            if n <= args.tsne_reference_max:
+                results[f"tsne_plain_{n}"] = run_cell("plain-tsne", n)
+                ratios[f"tsne_plain_over_hyrax_{n}"] = (results[f"tsne_plain_{n}"]["seconds"]
+                                                        / results[f"tsne_hyrax_{n}"]["seconds"])
+            print(f"[bench] t-SNE {n}: {json.dumps(results[f'tsne_hyrax_{n}'])}", flush=True)
     met = {"cold_demo_under_30s": results["cold_demo_hyrax"]["seconds"] < 30}
     big = results.get("hyrax_1000000")
     if big:
@@ -102,7 +119,8 @@ def main() -> None:
     r = load_config(None, {}).reduce
     report("reduce", args.size,
            {"sizes": SIZES[args.size], "dim": 64, "umap_fit_sample": r.umap_fit_sample,
-            "umap_batch": r.umap_batch, "metric": "cosine", "n_jobs": 1},
+            "umap_batch": r.umap_batch, "tsne_fit_sample": r.tsne_fit_sample,
+            "tsne_batch": r.tsne_batch, "metric": "cosine", "n_jobs": 1},
            results, ratios,
            goals={"cold_demo": "< 30 s in a fresh process", "1M": "< 15 min and < 8 GB"},
            met=met)

@@ -9,17 +9,32 @@ from dash_app.data import AppData
 from hyrax_mlops.config import Config
 
 
-def create_app(cfg: Config | None = None, data: AppData | None = None) -> Dash:
+def url_prefix(prefix: str | None) -> str | None:
+    """A path prefix as Dash wants it: "/hyrax/" from "hyrax", "/hyrax" or "/hyrax/"."""
+    if not prefix or prefix.strip("/") == "":
+        return None
+    return "/" + prefix.strip("/") + "/"
+
+
+def create_app(cfg: Config | None = None, data: AppData | None = None, *, tab: str = "runs",
+               prefix: str | None = None, proxied: str | None = None) -> Dash:
+    """The app over `data` (or the tracking store `cfg` names), opening on `tab`. `prefix`:
+    every page and request under it (a reverse proxy passing /hyrax/... through as is);
+    `proxied`: the path the browser reaches it by, through a proxy that strips it (Jupyter's
+    /proxy/PORT/); routes stay at /."""
     data = data or AppData(cfg)
+    where = ({"url_base_pathname": url_prefix(prefix)} if url_prefix(prefix) else
+             {"requests_pathname_prefix": url_prefix(proxied), "routes_pathname_prefix": "/"}
+             if url_prefix(proxied) else {})
     app = Dash(__name__, title="hyrax-mlops", suppress_callback_exceptions=True,
-               update_title=None)
+               update_title=None, **where)
     views = {"runs": ("Runs", runs_view), "explorer": ("Explorer", explorer_view),
              "compare": ("Compare", compare_view)}
     # Every view stays mounted (tabs only show and hide them), so plots keep their state
     # and a figure never arrives at a graph that is being torn down.
     app.layout = html.Div([
         html.H2("hyrax-mlops"),
-        dcc.Tabs(id="tabs", value="runs",
+        dcc.Tabs(id="tabs", value=tab,
                  children=[dcc.Tab(label=label, value=key) for key, (label, _) in views.items()]),
         *[html.Div(view.layout(data), id=f"view-{key}") for key, (_, view) in views.items()],
     ], className="page")

@@ -29,11 +29,15 @@ def layout(data: AppData) -> html.Div:
 
 def register(app, data: AppData) -> None:
     @app.callback(Output("compare-runs", "options"), Output("compare-runs", "value"),
+                  Output("compare-map", "options"),
                   Input("tabs", "value"), Input("compare-runs", "value"))
     def options(_, chosen):
         opts = data.reduce_runs()
         chosen = list(dict.fromkeys(chosen or data.distinct_reductions(opts, 2)))[:MAX_RUNS]
-        return opts, chosen
+        # the 2D maps the chosen runs hold (t-SNE's too, when a run made one)
+        keys = sorted({k for run in chosen for k in data.reduction(run).maps
+                       if k.endswith("_2d")}) or ["umap_2d", "pca_2d"]
+        return opts, chosen, keys
 
     @app.callback(Output("compare-graphs", "children"), Output("compare-info", "children"),
                   Input("tabs", "value"), Input("compare-runs", "value"),

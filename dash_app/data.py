@@ -61,6 +61,7 @@ class AppData:
         self._extra: dict[str, Reduction] = {}
         self.reduce_inputs: dict[str, str | None] = {}  # reduce run -> its embeddings run
         self._analyses: dict[str, tuple[float, tuple[str, ...]]] = {}  # run -> (when, runs)
+        self.preferred: str | None = None  # the reduce run the explorer opens on
         use_store()
 
     # -- runs -----------------------------------------------------------------------------

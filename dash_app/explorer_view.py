@@ -87,6 +87,8 @@ def register(app, data: AppData) -> None:
         values = [o["value"] for o in opts]
         if current in values:
             return opts, no_update  # unchanged: don't redraw everything downstream
+        if data.preferred in values:
+            return opts, data.preferred
         return opts, values[0] if values else None
 
     @app.callback(Output("explorer-map", "options"), Output("explorer-map", "value"),

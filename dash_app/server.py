@@ -137,7 +137,7 @@ def production_wanted(host: str, production: bool | None = None) -> bool:
 
 
 def build(host: str = "127.0.0.1", token_file: str | None = None, cfg=None, *,
-          trust_proxy: bool | None = None, app=None):
+          trust_proxy: bool | None = None, app=None, prefix: str | None = None):
     """Check everything, then make the app (token gate, proxy handling): nothing listens yet.
     Returns (dash app, token or None, trust_proxy)."""
     token = read_token(token_file)
@@ -149,7 +149,7 @@ def build(host: str = "127.0.0.1", token_file: str | None = None, cfg=None, *,
     if app is None:
         from dash_app.app import create_app
 
-        app = create_app(cfg)
+        app = create_app(cfg, prefix=prefix)
     if trust_proxy:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -161,7 +161,7 @@ def build(host: str = "127.0.0.1", token_file: str | None = None, cfg=None, *,
 
 def serve(host: str = "127.0.0.1", port: int = 8050, token_file: str | None = None,
           cfg=None, debug: bool = False, *, production: bool | None = None,
-          trust_proxy: bool | None = None) -> None:
+          trust_proxy: bool | None = None, prefix: str | None = None) -> None:
     quiet_logs()
     waitress_wanted = production_wanted(host, production)
     if debug and waitress_wanted:
@@ -173,10 +173,12 @@ def serve(host: str = "127.0.0.1", port: int = 8050, token_file: str | None = No
         except ImportError:
             raise ConfigError("serving beyond 127.0.0.1 needs waitress (never the development "
                               "server). Fix: pip install 'hyrax-mlops[app]'") from None
-    app, token, trust_proxy = build(host, token_file, cfg, trust_proxy=trust_proxy)
+    app, token, trust_proxy = build(host, token_file, cfg, trust_proxy=trust_proxy,
+                                    prefix=prefix)
     how = "waitress" + (", trusting X-Forwarded-Proto" if trust_proxy else "") \
         if waitress_wanted else "loopback only"
-    print(f"hyrax-mlops app on http://{host}:{port}/ ({how})"
+    path = app.config.requests_pathname_prefix or "/"
+    print(f"hyrax-mlops app on http://{host}:{port}{path} ({how})"
           + (" (token required)" if token else ""), flush=True)
     if waitress_wanted:
         # X-Forwarded-* are dropped by waitress unless the proxy is trusted (then ProxyFix,

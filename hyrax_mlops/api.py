@@ -158,6 +158,65 @@ def search_by_vector(run: str, vector, k: int = 10, config: ConfigLike = None):
     return _search(run, vector, k, load_config(config))
 
 
+def search_by_cutout(run: str, path: str, k: int = 10, config: ConfigLike = None):
+    """Objects most like a FITS cutout, embedded with the model behind the index `run`."""
+    from hyrax_mlops.search import search_by_cutout as _search
+
+    return _search(run, path, k, load_config(config))
+
+
+def search_by_spectrum(run: str, path: str, k: int = 10, config: ConfigLike = None):
+    """Objects most like a spectrum (FITS WAVE/FLUX table or CSV), embedded with the run's
+    own model: reverse search by spectrum."""
+    from hyrax_mlops.search import search_by_spectrum as _search
+
+    return _search(run, path, k, load_config(config))
+
+
+def search_by_lightcurve(run: str, path: str, k: int = 10, config: ConfigLike = None):
+    """Objects most like a light curve (CSV or Parquet: time, band, mag or flux), embedded
+    with the run's own model."""
+    from hyrax_mlops.search import search_by_lightcurve as _search
+
+    return _search(run, path, k, load_config(config))
+
+
+def explore(run: str | None = None, config: ConfigLike = None, **options):
+    """The explorer (map, linked selection table, thumbnails, neighbours) and compare, in
+    this notebook cell, for a reduce, infer or pipeline run (default: the newest reduce run).
+    `.selection()` of what it returns is the map's current selection as a DataFrame. Behind
+    JupyterHub (the Rubin Science Platform) it is reached through jupyter-server-proxy;
+    `proxy="/prefix/"` names the Jupyter server's base path, `proxy=False` forbids it."""
+    import importlib
+
+    try:  # the app is the outermost layer: imported only when asked for
+        notebook = importlib.import_module("dash_app.notebook")
+    except ImportError as exc:
+        from hyrax_mlops.errors import HyraxError
+
+        raise HyraxError(f"the explorer needs the app's extras ({exc}). Fix: pip install "
+                         "'hyrax-mlops[app]'") from None
+    return notebook.explore(run, load_config(config), **options)
+
+
+def results(run: str, config: ConfigLike = None):
+    """Every table a run logged (a pipeline run: its stages' too) as a DataFrame, by name:
+    `hm.results(run)["outliers"]`, `["umap_2d"]`, `["embeddings"]`, `["catalog"]`."""
+    from hyrax_mlops.tables import results as _results
+    from hyrax_mlops.tracking import ArtifactCache
+
+    return _results(run, ArtifactCache.of(load_config(config)))
+
+
+def lookup(run: str, object_ids, *, pixels: bool = True, config: ConfigLike = None):
+    """The objects `object_ids` of the dataset behind `run`, in that order, as a DataFrame:
+    catalog row, analysis columns, and (`pixels`) the stamp or the light curve / spectrum."""
+    from hyrax_mlops.tables import lookup as _lookup
+    from hyrax_mlops.tracking import ArtifactCache
+
+    return _lookup(run, object_ids, pixels=pixels, cache=ArtifactCache.of(load_config(config)))
+
+
 def lineage(run_id: str) -> str:
     """The chain of runs behind `run_id`, as printable text."""
     from hyrax_mlops.tracking import lineage_lines

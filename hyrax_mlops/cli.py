@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--ids", help="comma-separated object_ids: objects most like these "
                                      "(their centroid; --each for one table per id)")
     group.add_argument("--fits", help="a FITS cutout, embedded with the run's own model")
+    group.add_argument("--spectrum", help="a spectrum (FITS table WAVE/FLUX, or CSV wave,flux), "
+                                          "embedded with the run's own model")
+    group.add_argument("--lightcurve", help="a light curve (CSV or Parquet: time, band, mag or "
+                                            "flux), embedded with the run's own model")
     p.add_argument("--each", action="store_true", help="with --ids: neighbours of each id")
     p.add_argument("-k", type=int, default=10, help="number of neighbours (default 10)")
     p.add_argument("--columns", default="", help="catalog columns to show, comma-separated")
@@ -108,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="open the web app (runs, explorer, compare)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8050)
+    p.add_argument("--url-prefix", default="", help="serve every page under this path "
+                                                    "(/hyrax/), for a reverse proxy that "
+                                                    "passes it through")
     p.add_argument("--token-file", help="file holding the access token (or HYRAX_APP_TOKEN); "
                                         "required to bind beyond loopback")
     _config_args(p)
@@ -234,6 +241,10 @@ def _search(args: argparse.Namespace) -> int:
                                       args.k, each=args.each)
     elif args.fits:
         tables = [searcher.by_cutout(args.fits, args.k)]
+    elif args.spectrum:
+        tables = [searcher.by_spectrum(args.spectrum, args.k)]
+    elif args.lightcurve:
+        tables = [searcher.by_lightcurve(args.lightcurve, args.k)]
     else:
         tables = searcher.by_vector(np.load(args.vector, allow_pickle=False), args.k)
     cols = ["rank", "object_id", "distance"]
@@ -262,7 +273,7 @@ def _app(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise HyraxError(f"the app needs its extras ({exc}). Fix: pip install "
                          "'hyrax-mlops[app]'") from None
-    server.serve(args.host, args.port, args.token_file, cfg)
+    server.serve(args.host, args.port, args.token_file, cfg, prefix=args.url_prefix or None)
     return 0
 
 

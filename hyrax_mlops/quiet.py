@@ -66,3 +66,15 @@ def quiet_model_warnings():
         for pattern in _WARNINGS:
             warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
         yield
+
+
+def headless_figures() -> None:
+    """Figures the stages write to files need no window: Agg, so that a desktop's GUI backend
+    never opens one (or breaks in a worker thread). Inside a Jupyter kernel the notebook's
+    own backend (inline) is left as it is: a user's plots must keep showing after a stage."""
+    import sys
+
+    import matplotlib
+
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -178,18 +179,23 @@ class Searcher:
         table["rank"] = np.arange(1, len(table) + 1)
         return [table]
 
-    def embed_cutout(self, path: str) -> np.ndarray:
-        """An external cutout (FITS: an image, a (bands, h, w) cube, or one HDU per band named
-        like the dataset's bands) embedded with the model that made this index."""
-        from hyrax_mlops.data.fits_cutouts import read_cutout
+    def _model(self):
+        """(the loaded model that made this index's embeddings, its train run id)."""
         from hyrax_mlops.engine.bundle import load_bundle
-        from hyrax_mlops.engine.inference import embed_cutouts
 
         if not self.embeddings_run_id:
             raise LineageError(f"index run {self.index_run_id} names no embeddings run.")
         model_run = input_run(get_run(self.embeddings_run_id), "model")
         uri = get_run(model_run).data.tags.get("hyrax.model_uri") or f"runs:/{model_run}/model"
-        loaded = load_bundle(uri)
+        return load_bundle(uri), model_run
+
+    def embed_cutout(self, path: str) -> np.ndarray:
+        """An external cutout (FITS: an image, a (bands, h, w) cube, or one HDU per band named
+        like the dataset's bands) embedded with the model that made this index."""
+        from hyrax_mlops.data.fits_cutouts import read_cutout
+        from hyrax_mlops.engine.inference import embed_cutouts
+
+        loaded, model_run = self._model()
         shape = tuple(loaded.spec["input_shape"])
         try:
             cube = read_cutout(path)
@@ -203,9 +209,52 @@ class Searcher:
             return vector
         return self.signature.join(vector, cutout_statistics(loaded, cube))
 
+    def embed_series(self, *, spectrum: str | None = None, lightcurve: str | None = None
+                     ) -> np.ndarray:
+        """A spectrum and/or a light curve (files as `ingest` reads them: FITS or CSV spectra,
+        CSV or Parquet light curves) embedded with the model that made this index, the
+        modalities it does not get masked out as for an object that lacks them."""
+        from hyrax_mlops.data.series import read_lightcurve, read_spectrum
+        from hyrax_mlops.engine.inputs import embed_raw, model_kinds
+
+        loaded, model_run = self._model()
+        kinds = model_kinds(loaded.model)
+        given = {kind: path for kind, path in (("spectrum", spectrum),
+                                               ("lightcurve", lightcurve)) if path}
+        if not given:
+            raise HyraxError("give a spectrum or a light curve file to search by")
+        unread = [kind for kind in given if kind not in kinds]
+        if unread:
+            raise HyraxError(f"the model of run {model_run} ({loaded.spec['name']}) reads "
+                             f"{', '.join(kinds)}, not {' or '.join(unread)}s: search with an "
+                             "index of a model trained on them (model.name = "
+                             "\"fusion_classifier\" on a dataset with spectra and light curves)")
+        if "image" in kinds:
+            raise HyraxError(f"the model of run {model_run} reads images too: search it by a "
+                             "cutout (--fits)")
+        read = {"spectrum": read_spectrum, "lightcurve": read_lightcurve}
+        tables = {}
+        for kind, path in given.items():
+            try:
+                tables[kind] = [read[kind](Path(path))]
+            except Exception as exc:
+                raise HyraxError(f"cannot read {kind} '{path}': {exc}") from None
+        vector, _ = embed_raw(loaded.model, loaded.normalizer, 1, spectra=tables.get("spectrum"),
+                              lightcurves=tables.get("lightcurve"))
+        # an index joined with stamp statistics: a series has none, so none stands out
+        return vector if self.signature is None else self.signature.join(vector, None)
+
     def by_cutout(self, path: str, k: int = 10) -> pd.DataFrame:
         """Neighbours of an external FITS cutout, embedded with the run's own model."""
         return self.by_vector(self.embed_cutout(path), k)[0]
+
+    def by_spectrum(self, path: str, k: int = 10) -> pd.DataFrame:
+        """Neighbours of a spectrum file, embedded with the run's own model."""
+        return self.by_vector(self.embed_series(spectrum=path), k)[0]
+
+    def by_lightcurve(self, path: str, k: int = 10) -> pd.DataFrame:
+        """Neighbours of a light-curve file, embedded with the run's own model."""
+        return self.by_vector(self.embed_series(lightcurve=path), k)[0]
 
     def _table(self, hits: list[tuple[str, float]]) -> pd.DataFrame:
         res = pd.DataFrame(hits, columns=["object_id", "distance"])
@@ -262,3 +311,13 @@ def search_by_examples(run_id: str, object_ids: Sequence[str], k: int = 10,
 def search_by_cutout(run_id: str, path: str, k: int = 10, cfg: Config | None = None):
     """Objects most like an external FITS cutout, embedded with the run's model."""
     return Searcher(run_id, cfg).by_cutout(path, k)
+
+
+def search_by_spectrum(run_id: str, path: str, k: int = 10, cfg: Config | None = None):
+    """Objects most like a spectrum file, embedded with the run's model."""
+    return Searcher(run_id, cfg).by_spectrum(path, k)
+
+
+def search_by_lightcurve(run_id: str, path: str, k: int = 10, cfg: Config | None = None):
+    """Objects most like a light-curve file, embedded with the run's model."""
+    return Searcher(run_id, cfg).by_lightcurve(path, k)

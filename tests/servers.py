@@ -58,8 +58,9 @@ def chroma_server(path: Path):
 
 @contextlib.contextmanager
 def app_server(workdir: Path, tracking_uri: str, extra_env: dict | None = None,
-               host: str = "127.0.0.1", args: tuple = ()):
-    """`hyrax-mlops app` on a loopback port, reading `tracking_uri`; yields its URL."""
+               host: str = "127.0.0.1", args: tuple = (), path: str = "/"):
+    """`hyrax-mlops app` on a loopback port, reading `tracking_uri`; yields its URL (its
+    pages under `path`)."""
     import os
 
     port = free_port()
@@ -68,7 +69,7 @@ def app_server(workdir: Path, tracking_uri: str, extra_env: dict | None = None,
     proc = subprocess.Popen([str(exe), "app", "--host", host, "--port", str(port), *args],
                             cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # its request log would fill a pipe
-    url = f"http://{host}:{port}/"
+    url = f"http://{host}:{port}{path}"
     try:
         wait_http(url, proc, timeout=60) if not extra_env or "HYRAX_APP_TOKEN" not in extra_env \
             else _wait_port(host, port, proc)

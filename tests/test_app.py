@@ -10,8 +10,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from browser import lasso
 
 from servers import app_server
 
@@ -189,15 +191,7 @@ def test_explorer_selection_thumbnails_neighbours_and_export(page, app_url, demo
     assert "300 objects in view" in page.inner_text("#explorer-info")
     page.screenshot(path=str(SHOTS / "explorer-map.png"), full_page=True)
 
-    # lasso a polygon over the middle of the plot area
-    box = page.locator("#explorer-graph .nsewdrag").first.bounding_box()
-    x0, y0, w, h = box["x"], box["y"], box["width"], box["height"]
-    corners = [(0.2, 0.2), (0.8, 0.2), (0.8, 0.8), (0.2, 0.8), (0.2, 0.21)]
-    page.mouse.move(x0 + w * corners[0][0], y0 + h * corners[0][1])
-    page.mouse.down()
-    for fx, fy in corners[1:]:
-        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
-    page.mouse.up()
+    lasso(page, page.locator("#explorer-graph .nsewdrag"))  # over the middle of the plot
     page.wait_for_function("() => document.querySelector('#explorer-selection-info')"
                            ".innerText.includes('objects selected')")
     n_selected = int(page.inner_text("#explorer-selection-info").split()[0].replace(",", ""))
@@ -405,3 +399,57 @@ def test_token_is_required_when_set(demo, demo_dir):
         req = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret-token"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert resp.status == 200 and b"hyrax-mlops" in resp.read()
+
+
+def test_tsne_maps_show_in_the_explorer_and_in_compare(page, demo, demo_dir, tmp_path):
+    """`reduce.methods = ["tsne"]` makes openTSNE maps in 2D and 3D (fitted on a sample when
+    the set is larger than `tsne_fit_sample`, the rest placed); the explorer opens on them and
+    compare offers them beside the demo's UMAP run."""
+    import mlflow
+
+    import hyrax_mlops as hm
+
+    from conftest import N_DEMO, in_store
+
+    result, cfg = demo
+    shutil.copy(demo_dir / "mlflow.db", tmp_path / "mlflow.db")
+    with in_store(tmp_path):
+        run = hm.reduce(cfg, {"reduce.methods": ["tsne"], "reduce.tsne_fit_sample": 200},
+                        embeddings=result["infer"].run_id)
+        got = mlflow.get_run(run.run_id)
+        assert got.data.metrics["tsne_2d_fit_sample"] == 200  # 200 fitted, 100 placed
+        for dims in (2, 3):
+            table = pd.read_parquet(mlflow.artifacts.download_artifacts(
+                run_id=run.run_id, artifact_path=f"reductions/tsne_{dims}d.parquet"))
+            coords = table.drop(columns="object_id").to_numpy()
+            assert coords.shape == (N_DEMO, dims) and np.isfinite(coords).all()
+            assert coords.std(axis=0).min() > 1  # spread out, not collapsed on a point
+        html = mlflow.artifacts.load_text(f"runs:/{run.run_id}/reductions.html")
+        assert "TSNE 2D" in html and "TSNE 3D" in html
+    with app_server(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}") as url:
+        open_explorer(page, url)  # the newest reduce run: t-SNE's
+        assert "tsne_2d" in page.inner_text("#explorer-map")
+        points = page.evaluate("() => document.querySelector('#explorer-graph .js-plotly-plot')"
+                               "._fullData.reduce((n, t) => n + (t.x || []).length, 0)")
+        assert points >= N_DEMO
+        page.get_by_text("Compare", exact=True).click()
+        page.locator("#compare-map").click()
+        page.get_by_text("tsne_2d", exact=True).last.click()
+        page.wait_for_function("() => [...document.querySelectorAll('#compare-graphs "
+                               ".js-plotly-plot')].some(g => g._fullLayout && "
+                               "g._fullLayout.title.text.startsWith('tsne_2d'))")
+        shot(page, "compare-tsne.png")
+
+
+def test_the_app_under_a_path_prefix_for_a_reverse_proxy(page, demo, demo_dir):
+    """`hyrax-mlops app --url-prefix /hyrax/`: every page and request under the prefix, as a
+    reverse proxy passing /hyrax/... through reaches it; nothing answers outside it."""
+    with app_server(demo_dir, f"sqlite:///{demo_dir / 'mlflow.db'}",
+                    args=("--url-prefix", "hyrax"), path="/hyrax/") as url:
+        assert url.endswith("/hyrax/")
+        with pytest.raises(urllib.error.HTTPError) as outside:
+            urllib.request.urlopen(url.replace("/hyrax/", "/_dash-layout"), timeout=10)
+        assert outside.value.code == 404
+        open_explorer(page, url)
+        assert "300 objects in view" in page.inner_text("#explorer-info")
+        assert page.url.startswith(url)

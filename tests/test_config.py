@@ -72,7 +72,7 @@ def test_model_arguments_are_checked_against_the_model_signature():
     (["pipeline", "--set", "train.epoch=5"], "train.epoch"),
     (["train", "--set", "model.widht=[8]"], "model.widht"),
     (["pipeline", "--set", "index.backend=faiss"], "no vector_backend named 'faiss'"),
-    (["pipeline", "--set", "reduce.methods=['umap','tsne']"], "no reducer named 'tsne'"),
+    (["pipeline", "--set", "reduce.methods=['umap','isomap']"], "no reducer named 'isomap'"),
     (["ingest", "--set", "ingest.cutouts_dir=/nowhere", "--set", "ingest.catalog=/none.csv"],
      "ingest.cutouts_dir"),
     (["pipeline", "--set", "pipeline.dataset=ingest"], "ingest.catalog' is required"),

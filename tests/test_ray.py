@@ -147,6 +147,32 @@ def test_ray_data_inference_writes_the_same_embeddings(ray_cluster, demo_store):
     np.testing.assert_allclose(ray_emb, local, rtol=1e-4, atol=1e-5)
 
 
+def test_ray_data_inference_reads_every_modality_of_a_fusion_model(ray_cluster, tmp_path):
+    """Light curves, spectra and catalog features of the real multimodal set, embedded by
+    Ray Data actors exactly as by the in-process loop."""
+    import numpy as np
+
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    from conftest import DATA, in_store
+
+    mm = DATA / "multimodal"
+    over = {"pipeline.dataset": "ingest", "ingest.catalog": str(mm / "objects.csv"),
+            "data.label_column": "coarse_class", "data.features": ["ra", "dec"],
+            "data.lightcurve_points": 64, "data.spectrum_grid": [3600.0, 10000.0, 256],
+            "model": {"name": "fusion_classifier", "fusion": "concat", "dim": 16},
+            "train.epochs": 1, "data.batch_size": 8}
+    with in_store(tmp_path):
+        local = hm.infer(None, over)
+        on_ray = hm.infer(None, {**over, "infer.backend": "ray", "infer.workers": 2,
+                                 "infer.cpus_per_worker": 0.5, "infer.batch_size": 16})
+        ids_local, emb_local = read_embeddings(local.run_id)
+        ids_ray, emb_ray = read_embeddings(on_ray.run_id)
+    assert on_ray.run_id != local.run_id and len(ids_ray) == 43
+    assert list(ids_ray) == list(ids_local)
+    np.testing.assert_allclose(emb_ray, emb_local, rtol=1e-4, atol=1e-5)
+
+
 def test_a_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, demo_store):
     import signal
     import threading

@@ -134,3 +134,62 @@ def test_readme_request_runs_as_written(champion, demo_dir, tmp_path):
     assert len(got) == 1
     np.testing.assert_allclose(got[0]["embedding"], expected.loc["XDF00001", "embedding"],
                                rtol=1e-4, atol=1e-5)
+
+
+MM = Path(__file__).parent / "data" / "multimodal"
+SERIES = {"pipeline.dataset": "ingest", "ingest.catalog": str(MM / "objects.csv"),
+          "data.label_column": "coarse_class", "data.split": [0.6, 0.2, 0.2],
+          "data.lightcurve_points": 64, "data.spectrum_grid": [3600.0, 10000.0, 256],
+          "train.epochs": 2, "train.early_stopping_patience": 0, "data.batch_size": 8}
+
+
+def served_answers_as_infer(cfg_over: dict, log: Path) -> list[str]:
+    """Train and infer from `cfg_over`, serve the train run's model with `mlflow models serve`
+    and send it the model's own serving_input_example.json (two real objects): its answer
+    is the embeddings and class probabilities `infer` wrote for them. Returns what it read."""
+    import mlflow
+
+    embedded = hm.infer(None, cfg_over)
+    train_run = mlflow.get_run(embedded.run_id).data.tags["hyrax.input.model"]
+    uri = mlflow.get_run(train_run).data.tags["hyrax.model_uri"]
+    where = mlflow.get_logged_model(uri.rsplit("/", 1)[-1]).artifact_location
+    request = json.loads(Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{where}/serving_input_example.json")).read_text())
+    columns = request["dataframe_split"]["columns"]
+    expected = embeddings_of(embedded.run_id)
+    with model_server(uri, mlflow.get_tracking_uri(), log) as url:
+        answer = requests.post(f"{url}/invocations", json=request, timeout=60)
+        assert answer.ok, answer.text
+        got = answer.json()["predictions"]
+        bad = requests.post(f"{url}/invocations", json={"inputs": [[1.0, 2.0]]}, timeout=60)
+    first_two = expected.iloc[:2]  # the example is the dataset's first two objects
+    np.testing.assert_allclose([g["embedding"] for g in got], np.stack(first_two["embedding"]),
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([g["probabilities"] for g in got],
+                               np.stack(first_two["probabilities"]), rtol=1e-4, atol=1e-5)
+    assert [g["predicted_class"] for g in got] == list(first_two["predicted_class"])
+    assert bad.status_code == 400 and "Traceback" not in bad.text
+    return columns
+
+
+def test_a_served_fusion_model_reads_light_curves_spectra_and_features(store):
+    over = {**SERIES, "data.features": ["ra", "dec"],
+            "model": {"name": "fusion_classifier", "fusion": "concat", "dim": 16}}
+    columns = served_answers_as_infer(over, store / "serve-fusion.log")
+    assert {"ra", "dec", "spectrum", "lightcurve"} <= set(columns)
+
+
+def test_a_served_tabular_model_reads_catalog_columns(store):
+    """The real OGLE-III variables (a catalog, no pixels): `tabular_classifier` reads the
+    catalog features, missing values included."""
+    import gzip
+
+    with gzip.open(Path(__file__).parent / "data" / "ogle3" / "ogle3_variables.csv.gz") as f:
+        stars = pd.read_csv(f).groupby("Type").head(40)  # 40 of each class: a quick model
+    stars.to_csv(store / "stars.csv", index=False)
+    over = {"pipeline.dataset": "ingest", "ingest.catalog": str(store / "stars.csv"),
+            "data.label_column": "Type", "model.name": "tabular_classifier",
+            "data.features": ["log10:P_1", "A_1", "R21_1", "I", "V"],
+            "train.epochs": 2, "train.early_stopping_patience": 0, "data.batch_size": 32}
+    columns = served_answers_as_infer(over, store / "serve-tabular.log")
+    assert set(columns) == {"P_1", "A_1", "R21_1", "I", "V"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import matplotlib
+from hyrax_mlops.quiet import headless_figures
 
-matplotlib.use("Agg")
+headless_figures()
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402

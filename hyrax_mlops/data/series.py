@@ -37,7 +37,13 @@ def _numeric(df: pd.DataFrame, column: str, kind: str) -> np.ndarray:
 def read_lightcurve(path: Path) -> pd.DataFrame:
     """A CSV/Parquet light curve: `time`, `band`, and `mag`+`mag_err`, or `flux`+`flux_err`
     (+ `zp`, converted to magnitudes). Non-finite rows are dropped."""
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return lightcurve_table(pd.read_parquet(path) if path.suffix == ".parquet"
+                            else pd.read_csv(path))
+
+
+def lightcurve_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A light curve's table (time, band, mag, mag_err) from its columns, as read from a
+    file or sent in a request: `mag`+`mag_err`, or `flux`+`flux_err`+`zp` (magnitudes)."""
     columns = set(map(str, df.columns))
     if not {"time", "band"} <= columns:
         raise SeriesFormatError(f"a light curve needs columns time and band; expected "
@@ -76,10 +82,16 @@ def read_spectrum(path: Path) -> pd.DataFrame:
                            if k in ("wave", "flux", "err", "mask") and t[c].ndim == 1})
     else:
         df = pd.read_csv(path)
-        df.columns = [str(c).lower() for c in df.columns]
-        if not {"wave", "flux"} <= set(df.columns):
-            raise SeriesFormatError(f"a spectrum needs wave and flux columns; expected "
-                                    f"{SPECTRUM_FORMAT}")
+    return spectrum_table(df)
+
+
+def spectrum_table(df: pd.DataFrame) -> pd.DataFrame:
+    """A spectrum's table (wave, flux, err, good) from its columns (wave, flux[, err][, mask],
+    any case), as read from a file or sent in a request."""
+    df = df.rename(columns=lambda c: str(c).lower())
+    if not {"wave", "flux"} <= set(df.columns):
+        raise SeriesFormatError(f"a spectrum needs wave and flux columns; expected "
+                                f"{SPECTRUM_FORMAT}")
     wave, flux = _numeric(df, "wave", "spectrum"), _numeric(df, "flux", "spectrum")
     err = _numeric(df, "err", "spectrum") if "err" in df else np.full_like(flux, np.nan)
     mask = _numeric(df, "mask", "spectrum") if "mask" in df else np.zeros(len(flux))

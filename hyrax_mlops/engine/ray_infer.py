@@ -28,16 +28,20 @@ class _Embedder:
         self.model = loaded.model.to(self.device).eval()
         self.provider = DataProvider(dataset_run_id, DataConfig.model_validate(data),
                                      loaded.normalizer, dataset_dir)
+        self.rows = self.provider.torch_dataset(None, cache=False)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        rows = batch["id"].astype(np.int64)
-        x = self.provider.normalizer.apply(self.provider.data.images(rows))
         from hyrax_mlops.engine.inference import model_outputs
+        from hyrax_mlops.engine.loop import to_device
 
+        rows = batch["id"].astype(np.int64)
+        # every modality the dataset holds (stamps, catalog features, series), as `infer` reads
+        inputs = self.rows.__getitems__(rows.tolist())
+        inputs.pop("label", None)
         with torch.no_grad():
-            z, probs = model_outputs(self.model, {"image": torch.from_numpy(x).to(self.device)})
+            z, probs = model_outputs(self.model, to_device(inputs, self.device))
         out = {"row": rows, "embedding": z.float().cpu().numpy()}
         if probs is not None:
             out["probabilities"] = probs.float().cpu().numpy()

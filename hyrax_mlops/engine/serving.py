@@ -1,4 +1,6 @@
-"""The trained model as an MLflow pyfunc: cutouts in, embeddings (and class probabilities) out.
+"""The trained model as an MLflow pyfunc: raw inputs in, embeddings (and class probabilities)
+out. A model of images takes cutouts (below); one that reads catalog features, spectra or
+light curves takes a table, one row per object (`engine.inputs.request_inputs`).
 
 `mlflow models serve -m models:/NAME@champion --env-manager local` then answers
 `POST /invocations` with {"inputs": [[[[...]]]]}, raw cutouts as a float32 (n, bands, h, w) array
@@ -15,8 +17,6 @@ loading it rebuilds the network from its spec and loads the weights with `weight
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +24,12 @@ import mlflow.pyfunc
 import numpy as np
 
 from hyrax_mlops.engine.bundle import write_bundle
+from hyrax_mlops.engine.inputs import fits_cube
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 ACCEPTED = ('an array (n, bands, h, w) or (bands, h, w) as {"inputs": ...}, or a table with a '
             '"fits" column of base64-encoded FITS files (one cutout each, first image HDU or a '
             '(bands, h, w) cube) as {"dataframe_split": ...}')
-
-
-def _fits_cube(data: str | bytes) -> np.ndarray:
-    from astropy.io import fits
-
-    raw = base64.b64decode(data) if isinstance(data, str) else bytes(data)
-    with fits.open(io.BytesIO(raw), memmap=False) as hdul:
-        image = next((h.data for h in hdul if h.is_image and h.data is not None), None)
-    if image is None:
-        raise ValueError("a FITS file in the request has no image HDU with data")
-    cube = np.asarray(image, dtype=np.float32)
-    return cube[None] if cube.ndim == 2 else cube
 
 
 def cutouts_from(model_input: Any) -> np.ndarray:
@@ -51,7 +40,7 @@ def cutouts_from(model_input: Any) -> np.ndarray:
         model_input = model_input.get("image", model_input.get("inputs"))
     if isinstance(model_input, pd.DataFrame):
         if "fits" in model_input.columns:
-            return np.stack([_fits_cube(v) for v in model_input["fits"]])
+            return np.stack([fits_cube(v) for v in model_input["fits"]])
         if "image" in model_input.columns:
             return np.stack([np.asarray(v, np.float32) for v in model_input["image"]])
         raise ValueError(f"unknown columns {list(model_input.columns)}: send {ACCEPTED}")
@@ -73,11 +62,14 @@ class HyraxPyfunc(mlflow.pyfunc.PythonModel):
         self.classes = list(self.spec["params"].get("classes") or [])
 
     def predict(self, context, model_input, params=None):  # untyped: arrays or tables
-        import pandas as pd
         from mlflow.exceptions import MlflowException
 
         from hyrax_mlops.engine.inference import embed_cutouts
+        from hyrax_mlops.engine.inputs import model_kinds
 
+        kinds = model_kinds(self.model)
+        if kinds != ("image",):
+            return self._predict_table(model_input, kinds)
         # an MlflowException is answered as a JSON message; anything else as a stack trace
         try:
             x = cutouts_from(model_input)
@@ -89,7 +81,32 @@ class HyraxPyfunc(mlflow.pyfunc.PythonModel):
                 f"cutouts of shape {list(x.shape[1:])}; this model takes {list(shape)} "
                 "(bands, h, w)")
         z, p = embed_cutouts(self.model, self.normalizer, x)
-        out = pd.DataFrame({"object": np.arange(len(x)),
+        return self._answer(z, p)
+
+    def _predict_table(self, model_input, kinds):
+        """A model that reads catalog features, spectra or light curves (and maybe images):
+        a table, one row per object (`engine.inputs.request_inputs`)."""
+        import pandas as pd
+        from mlflow.exceptions import MlflowException
+
+        from hyrax_mlops.engine.inputs import embed_raw, request_inputs
+
+        try:
+            table = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(
+                model_input)
+            z, p = embed_raw(self.model, self.normalizer, len(table),
+                             **request_inputs(table.reset_index(drop=True), kinds))
+        except (ValueError, KeyError, TypeError) as e:
+            raise MlflowException.invalid_parameter_value(
+                f"{e}. This model reads {', '.join(kinds)}: send a table as "
+                '{"dataframe_split": {"columns": [...], "data": [...]}} (see the model\'s '
+                "serving_input_example.json)") from None
+        return self._answer(z, p)
+
+    def _answer(self, z, p):
+        import pandas as pd
+
+        out = pd.DataFrame({"object": np.arange(len(z)),
                             "embedding": [row.tolist() for row in z]})
         if p is not None:
             out["probabilities"] = [row.tolist() for row in p]
@@ -121,7 +138,10 @@ def log_hyrax_model(model, name: str, params: dict[str, Any], input_shape, norma
     kwargs = {}
     if example is not None:
         try:
-            kwargs["input_example"] = np.ascontiguousarray(example(), dtype=np.float32)
+            given = example()  # raw cutouts, or a request table for a multimodal model
+            if given is not None:
+                kwargs["input_example"] = (given if hasattr(given, "columns") else
+                                           np.ascontiguousarray(given, dtype=np.float32))
         except Exception as e:  # noqa: BLE001 - a model without an example is still a model
             import logging
 

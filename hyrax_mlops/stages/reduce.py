@@ -6,7 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hyrax_mlops.analysis.reducers import REDUCERS, umap_fit_size
+from hyrax_mlops.analysis.reducers import REDUCERS
 from hyrax_mlops.config import Config
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.tracking import (
@@ -94,8 +94,9 @@ def _reduce(cfg: Config, infer_run_id: str, catalog, color: str | None) -> dict[
                 start = time.perf_counter()
                 coords = REDUCERS.get(method)(vectors, dims, cfg.reduce)
                 mlflow.log_metric(f"{key}_seconds", time.perf_counter() - start)
-                if method == "umap":
-                    mlflow.log_metric(f"{key}_fit_sample", umap_fit_size(len(ids), cfg.reduce))
+                fit_size = getattr(REDUCERS.get(method), "fit_size", None)
+                if fit_size is not None:  # fitted on a sample, the rest placed
+                    mlflow.log_metric(f"{key}_fit_sample", fit_size(len(ids), cfg.reduce))
                 table = pd.DataFrame({"object_id": ids})
                 for i in range(dims):
                     table[COORDS[i]] = coords[:, i]

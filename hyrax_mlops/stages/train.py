@@ -78,7 +78,8 @@ def resume(run_id: str) -> StageRun:
     from hyrax_mlops.errors import LineageError
     from hyrax_mlops.tracking import TAG_INPUT, interrupted_run
 
-    run, cfg = interrupted_run(run_id, "train")
+    run, made_with = interrupted_run(run_id, "train")
+    cfg = made_with.only(SECTIONS, "train")  # as the body saw it the first time
     try:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=LAST)
     except Exception:
@@ -98,6 +99,7 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
 
     from hyrax_mlops.data.provider import DataProvider
     from hyrax_mlops.engine import figures
+    from hyrax_mlops.engine.inputs import serving_example
     from hyrax_mlops.engine.loop import evaluate_all, fit, resolve_device, seed_everything
     from hyrax_mlops.engine.serving import log_hyrax_model
     from hyrax_mlops.models import build_model, model_params
@@ -170,8 +172,7 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
         info = log_hyrax_model(
             model, cfg.model.name, params, provider.input_shape, provider.normalizer, Path(tmp),
             cfg.train.register_as, step=max(best, 0),
-            example=(lambda: provider.data.images(provider.rows()[:2])) if provider.input_shape
-            else None,
+            example=lambda: serving_example(provider, model),
             link_prefixes=("best_", "test_", "epochs_run", "stopped_early"),
             model_metrics={"final_train_loss": last.train_loss,
                            "final_val_loss": last.val_loss} if last else None)

@@ -87,6 +87,7 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
     import torch
 
     from hyrax_mlops.data.provider import DataProvider
+    from hyrax_mlops.engine.inputs import serving_example
     from hyrax_mlops.engine.ray_tune import run_sweep, trial_config
     from hyrax_mlops.engine.serving import log_hyrax_model
     from hyrax_mlops.models import build_model, model_params
@@ -123,8 +124,7 @@ def _tune(cfg: Config, dataset_run_id: str, run_id: str) -> dict[str, str]:
                                model_params(best_cfg.model, provider.data_info()),
                                provider.input_shape, provider.normalizer, Path(tmp),
                                cfg.tune.register_as,
-                               example=(lambda: provider.data.images(provider.rows()[:2]))
-                               if provider.input_shape else None,
+                               example=lambda: serving_example(provider, model),
                                link_prefixes=("best_", "n_"))
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
     mlflow.set_tag("hyrax.best_trial", json.dumps(best.config, default=str))
