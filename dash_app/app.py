@@ -28,6 +28,10 @@ def create_app(cfg: Config | None = None, data: AppData | None = None, *, tab: s
              if url_prefix(proxied) else {})
     app = Dash(__name__, title="hyrax-mlops", suppress_callback_exceptions=True,
                update_title=None, **where)
+    if url_prefix(prefix):  # the bare address points at the app rather than a blank 404
+        from flask import redirect
+
+        app.server.add_url_rule("/", "to_prefix", lambda: redirect(url_prefix(prefix)))
     views = {"runs": ("Runs", runs_view), "explorer": ("Explorer", explorer_view),
              "compare": ("Compare", compare_view)}
     # Every view stays mounted (tabs only show and hide them), so plots keep their state

@@ -37,6 +37,10 @@ from hyrax_mlops.tracking import (
 MAX_ANALYSE_RUNS = 50  # the newest analyse runs of one infer run whose columns are merged
 
 
+# what a model reads, as a sentence says it
+NOUNS = {"image": "images", "spectrum": "spectra", "lightcurve": "light curves",
+         "tabular": "catalog features"}
+
 def analyse_run_ids(embeddings_run_id: str | None) -> tuple[str, ...]:
     """The FINISHED analyse runs of these embeddings, newest first (at most MAX_ANALYSE_RUNS):
     what `analysis_columns` merges, and what a cached merge must be redone for."""
@@ -217,28 +221,31 @@ class Searcher:
         from hyrax_mlops.data.series import read_lightcurve, read_spectrum
         from hyrax_mlops.engine.inputs import embed_raw, model_kinds
 
-        loaded, model_run = self._model()
-        kinds = model_kinds(loaded.model)
         given = {kind: path for kind, path in (("spectrum", spectrum),
                                                ("lightcurve", lightcurve)) if path}
         if not given:
             raise HyraxError("give a spectrum or a light curve file to search by")
-        unread = [kind for kind in given if kind not in kinds]
-        if unread:
-            raise HyraxError(f"the model of run {model_run} ({loaded.spec['name']}) reads "
-                             f"{', '.join(kinds)}, not {' or '.join(unread)}s: search with an "
-                             "index of a model trained on them (model.name = "
-                             "\"fusion_classifier\" on a dataset with spectra and light curves)")
-        if "image" in kinds:
-            raise HyraxError(f"the model of run {model_run} reads images too: search it by a "
-                             "cutout (--fits)")
         read = {"spectrum": read_spectrum, "lightcurve": read_lightcurve}
         tables = {}
-        for kind, path in given.items():
+        for kind, path in given.items():  # the file first: a typo is not the model's fault
+            if not Path(path).is_file():
+                raise HyraxError(f"{kind} '{path}' is not a file")
             try:
                 tables[kind] = [read[kind](Path(path))]
             except Exception as exc:
                 raise HyraxError(f"cannot read {kind} '{path}': {exc}") from None
+        loaded, model_run = self._model()
+        kinds = model_kinds(loaded.model)
+        unread = [NOUNS[kind] for kind in given if kind not in kinds]
+        if unread:
+            raise HyraxError(f"the model of run {model_run} ({loaded.spec['name']}) reads "
+                             f"{' and '.join(NOUNS[k] for k in kinds)}, not "
+                             f"{' or '.join(unread)}: search with an index of a model trained "
+                             "on them (model.name = \"fusion_classifier\" on a dataset with "
+                             "spectra or light curves)")
+        if "image" in kinds:
+            raise HyraxError(f"the model of run {model_run} reads images too: search it by a "
+                             "cutout (--fits)")
         vector, _ = embed_raw(loaded.model, loaded.normalizer, 1, spectra=tables.get("spectrum"),
                               lightcurves=tables.get("lightcurve"))
         # an index joined with stamp statistics: a series has none, so none stands out
@@ -258,6 +265,8 @@ class Searcher:
 
     def _table(self, hits: list[tuple[str, float]]) -> pd.DataFrame:
         res = pd.DataFrame(hits, columns=["object_id", "distance"])
+        if self.metric in ("cosine", "l2"):  # never below 0: -1e-7 is rounding, not a distance
+            res["distance"] = res["distance"].clip(lower=0)
         res.insert(0, "rank", np.arange(1, len(res) + 1))
         return res.merge(self.catalog, on="object_id", how="left")
 

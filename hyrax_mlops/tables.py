@@ -25,6 +25,8 @@ from hyrax_mlops.tracking import (
 )
 
 TABLE_SUFFIXES = (".parquet", ".csv")
+HISTORY = "history"  # a training run's metrics per epoch, read from MLflow, not a file
+HISTORY_STAGES = ("train", "tune")
 _SKIPPED = ("shards",)  # folders of pixels, not tables
 
 
@@ -56,7 +58,10 @@ class Results(Mapping[str, pd.DataFrame]):
         self._where: dict[str, tuple[str, str]] = {}
         for run in _with_upstream(self.run):
             stage = run.data.tags.get(TAG_STAGE, "?")
-            for path in _table_artifacts(run.info.run_id):
+            paths = _table_artifacts(run.info.run_id)
+            if stage in HISTORY_STAGES:  # its per-epoch metrics, as a table
+                paths.append(HISTORY)
+            for path in paths:
                 name = Path(path).name.rsplit(".", 1)[0]
                 if name in self._where:
                     name = f"{stage}.{name}"
@@ -67,6 +72,8 @@ class Results(Mapping[str, pd.DataFrame]):
         if name not in self._where:
             raise KeyError(f"run {self.run.info.run_id} ({self.stage}) has no table '{name}'; "
                            f"its tables: {', '.join(self._where) or 'none'}")
+        if name not in self._read and self._where[name][1] == HISTORY:
+            self._read[name] = history(self._where[name][0])
         if name not in self._read:
             run_id, path = self._where[name]
             local = self.cache.fetch(run_id, path)
@@ -86,6 +93,22 @@ class Results(Mapping[str, pd.DataFrame]):
     def __repr__(self) -> str:
         return (f"<Results of {self.stage} run {self.run.info.run_id}: "
                 f"{', '.join(self._where) or 'no tables'}>")
+
+
+def history(run_id: str) -> pd.DataFrame:
+    """A run's metrics logged at more than one step (per epoch: train_loss, val_loss, ...),
+    one row per step."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    series = {}
+    for key in sorted(client.get_run(run_id).data.metrics):
+        points = client.get_metric_history(run_id, key)
+        if len(points) > 1:
+            series[key] = {p.step: p.value for p in points}
+    table = pd.DataFrame(series).sort_index()
+    table.index.name = "step"
+    return table.reset_index()
 
 
 def _with_upstream(run) -> list:
@@ -145,16 +168,21 @@ def lookup(run_id: str, object_ids: Sequence[str] | str, *, pixels: bool = True,
 
     use_store()
     cache = cache or ArtifactCache.at()
-    wanted = [object_ids] if isinstance(object_ids, str) else [str(i) for i in object_ids]
+    one = isinstance(object_ids, (str, int, np.integer))  # one id, or a list of them
+    wanted = [str(object_ids)] if one else [str(i) for i in object_ids]
     dataset_run, embeddings = _runs_behind(run_id)
     data = Dataset(cache.fetch(dataset_run, ARTIFACT_DIR))
     catalog = data.catalog.assign(object_id=data.catalog["object_id"].astype(str))
     row_of = pd.Series(np.arange(len(catalog)), index=catalog["object_id"])
     missing = [i for i in wanted if i not in row_of.index]
     if missing:
+        padded = {i.lstrip("0") or "0": i for i in row_of.index if i.isdigit()}
+        near = [f"'{padded[m.lstrip('0') or '0']}'" for m in missing[:5]
+                if m.isdigit() and (m.lstrip("0") or "0") in padded]
+        hint = f"; the dataset has {', '.join(near)}" if near else ""
         raise DataError(f"{len(missing)} of {len(wanted)} id(s) are not objects of dataset run "
                         f"{dataset_run}: {', '.join(missing[:5])}"
-                        f"{' …' if len(missing) > 5 else ''} (ids are matched as text)")
+                        f"{' …' if len(missing) > 5 else ''} (ids are matched as text{hint})")
     rows = row_of.loc[wanted].to_numpy()
     out = catalog.iloc[rows].reset_index(drop=True)
     if embeddings:

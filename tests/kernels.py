@@ -49,20 +49,22 @@ def run_cell(kc, code: str, timeout: float = 600) -> tuple[str, list[dict]]:
 
 
 @contextlib.contextmanager
-def jupyter_server(root: Path):
-    """`jupyter server` on 127.0.0.1 with a token, jupyter-server-proxy enabled (it proxies
-    /proxy/PORT/ to 127.0.0.1:PORT); yields (its URL, the token)."""
+def jupyter_server(root: Path, base_url: str = "/"):
+    """`jupyter server` on 127.0.0.1 under `base_url` (a hub's /user/NAME/), with a token and
+    jupyter-server-proxy enabled (it proxies <base_url>proxy/PORT/ to 127.0.0.1:PORT); yields
+    (its URL, base included, and the token)."""
     port, token = free_port(), secrets.token_hex(16)
     exe = Path(sys.executable).parent / "jupyter-server"
     log = open(root / "jupyter-server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(exe), "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          "--ServerApp.open_browser=False", f"--ServerApp.root_dir={root}",
-         "--ServerApp.port_retries=0", *(["--allow-root"] if os.geteuid() == 0 else [])],
+         "--ServerApp.port_retries=0", f"--ServerApp.base_url={base_url}",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
         env={**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_RUNTIME_DIR": str(root / ".run")},
         stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{port}{base_url.rstrip('/')}"
     try:
         wait_http(f"{url}/api/status?token={token}", proc, timeout=60)
         yield url, token

@@ -450,6 +450,8 @@ def test_the_app_under_a_path_prefix_for_a_reverse_proxy(page, demo, demo_dir):
         with pytest.raises(urllib.error.HTTPError) as outside:
             urllib.request.urlopen(url.replace("/hyrax/", "/_dash-layout"), timeout=10)
         assert outside.value.code == 404
+        with urllib.request.urlopen(url.replace("/hyrax/", "/"), timeout=10) as bare:
+            assert bare.url == url  # the bare address leads to the app
         open_explorer(page, url)
         assert "300 objects in view" in page.inner_text("#explorer-info")
         assert page.url.startswith(url)

@@ -35,14 +35,16 @@ def test_the_inline_explorer_behind_jupyter_server_proxy_returns_the_selection(
     import mlflow
 
     result, _ = demo_sandbox
+    base = "/nb/user/astronomer/"  # where the RSP serves a user's JupyterLab
     hub = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-           "JUPYTERHUB_SERVICE_PREFIX": "/"}  # as a hub sets it: the Jupyter server's base
-    with jupyter_server(tmp_path) as (jupyter, token), kernel(tmp_path, hub) as kc:
+           "JUPYTERHUB_SERVICE_PREFIX": base}  # as the hub sets it in the kernel
+    with jupyter_server(tmp_path, base) as (jupyter, token), kernel(tmp_path, hub) as kc:
         _, shown = run_cell(kc, f"import hyrax_mlops as hm\n"
                                 f"ex = hm.explore({result.run_id!r})")
         html = next(d["text/html"] for d in shown if "text/html" in d)
         src = re.search(r'src="([^"]+)"', html).group(1)
-        assert re.fullmatch(r"/proxy/\d+/", src), src  # relative: through the notebook's server
+        # relative, under the user's base: through the notebook's own server
+        assert re.fullmatch(r"/nb/user/astronomer/proxy/\d+/", src), src
         # The cell's output as JupyterLab shows it: in a page of the Jupyter server's origin
         # (here a static page, itself served through the proxy), the frame's relative address
         # resolving there

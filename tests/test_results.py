@@ -34,6 +34,8 @@ def test_a_pipeline_run_s_tables_by_name(demo_store):
     of_reduce = hm.results(result["reduce"].run_id)
     assert list(of_reduce)[:4] == ["pca_2d", "pca_3d", "umap_2d", "umap_3d"]
     assert {"embeddings", "catalog"} <= set(of_reduce)
+    curve = tables["history"]  # the train run's metrics per epoch
+    assert list(curve["step"]) == [0, 1, 2] and curve["val_loss"].notna().all()
     of_dataset = hm.results(result["dataset"].run_id)
     assert "catalog" in of_dataset and "embeddings" not in of_dataset  # nothing downstream
 
@@ -66,8 +68,8 @@ def test_lookup_keeps_a_user_s_zero_padded_ids_and_reads_their_fits(store, sky_s
     for oid, image in zip(found["object_id"], found["image"], strict=True):
         pixels = fits.getdata(folder / names[TEXT_IDS.index(oid)]).astype(np.float32)
         np.testing.assert_array_equal(image[0], pixels)
-    with pytest.raises(DataError, match="42"):
-        hm.lookup(run.run_id, ["42"])
+    with pytest.raises(DataError, match="ids are matched as text; the dataset has '00042'"):
+        hm.lookup(run.run_id, 42)  # one id, an int: its text is "42"
     assert list(hm.results(run.run_id)["wcs"]["object_id"]) == \
         [i.strip() for i in TEXT_IDS]  # the dataset's WCS table, ids as written
 

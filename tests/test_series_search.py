@@ -90,11 +90,13 @@ def test_a_series_query_a_model_cannot_read_says_why(series_index, tmp_path):
     with pytest.raises(HyraxError, match=r"cannot read lightcurve '.*bad.csv': a light curve "
                                          r"needs columns time and band"):
         hm.search_by_lightcurve(series_index, str(tmp_path / "bad.csv"))
+    with pytest.raises(HyraxError, match=r"lightcurve '.*nowhere.csv' is not a file"):
+        hm.search_by_lightcurve(series_index, str(tmp_path / "nowhere.csv"))
 
 
 def test_an_image_model_s_index_refuses_a_spectrum(demo_store):
     result, _ = demo_store
     spectrum = str(MM / pd.read_csv(MM / "objects.csv").dropna(
         subset=["spectrum_file"])["spectrum_file"].iloc[0])
-    with pytest.raises(HyraxError, match=r"reads image, not spectrums"):
+    with pytest.raises(HyraxError, match=r"reads images, not spectra"):
         hm.search_by_spectrum(result["index"].run_id, spectrum)

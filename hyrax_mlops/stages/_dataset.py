@@ -20,8 +20,9 @@ def log_dataset(out_dir: Path, manifest: dict[str, Any]) -> None:
     mlflow.set_tags({"hyrax.dataset.shape": "x".join(map(str, manifest["shape"])),
                      "hyrax.dataset.bands": ",".join(manifest["bands"]),
                      "hyrax.failures": str(counts["failed"])})
-    msg = f"[hyrax] dataset: {counts['ingested']} of {counts['requested']} objects, " \
-          f"shape {manifest['shape']}"
+    holds = (f"stamps {'x'.join(map(str, manifest['shape']))}" if manifest["shape"] else
+             "no stamps (" + ", ".join(manifest.get("modalities") or ["catalog"]) + ")")
+    msg = f"[hyrax] dataset: {counts['ingested']} of {counts['requested']} objects, {holds}"
     if counts["failed"]:
         reasons = ", ".join(f"{k} {v}" for k, v in counts["failed_by_reason"].items())
         examples = "; ".join(f"{f['object_id']} ({f['reason']}: {f['detail']})"
