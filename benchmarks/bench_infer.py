@@ -5,6 +5,11 @@ normalises the same shards itself, with the same model and batch size, in the sa
 The whole stage counts: loading the model from MLflow, reading the dataset, writing and logging
 `embeddings.parquet`. Goal: objects/s ratio >= 0.95.
 
+ONNX rows beside them: the model's ONNX export (`hm.export_onnx`) run by onnxruntime over the
+same in-memory stamps at the same batch size (`plain_onnxruntime`, against `plain_pytorch`),
+and the stage with `infer.engine = "onnx"` (`hyrax_onnx`, against `hyrax`); the ratios are
+onnx/torch throughput (> 1: ONNX is faster). No goal: a figure to choose the engine by.
+
     .venv/bin/python benchmarks/bench_infer.py [--size small|large]
 """
 
@@ -35,6 +40,7 @@ def main() -> None:
         import hyrax_mlops as hm
         from hyrax_mlops.data.provider import DataProvider
         from hyrax_mlops.engine.bundle import load_bundle
+        from hyrax_mlops.engine.onnx_export import session
         from hyrax_mlops.stages.infer import read_embeddings
 
         over = {"train.epochs": 1, "tracking.experiment": "bench"}
@@ -48,12 +54,20 @@ def main() -> None:
         images = torch.from_numpy(provider.normalizer.apply(
             provider.data.images(provider.rows())))
         model = loaded.model.eval()
+        exported = hm.export_onnx(train.run_id, None, over)
+        ort_session, _ = session(train.run_id)
 
         def plain() -> tuple[float, np.ndarray]:
             start, out = time.perf_counter(), []
             with torch.no_grad():
                 for chunk in images.split(cfg.infer.batch_size):
                     out.append(model.embed({"image": chunk}).numpy())
+            return time.perf_counter() - start, np.concatenate(out)
+
+        def plain_onnx() -> tuple[float, np.ndarray]:
+            start, out = time.perf_counter(), []
+            for chunk in images.split(cfg.infer.batch_size):
+                out.append(ort_session.run(["embedding"], {"stamps": chunk.numpy()})[0])
             return time.perf_counter() - start, np.concatenate(out)
 
         shard_files = sorted((provider.data.root / "shards").glob("*.npy"))
@@ -70,32 +84,52 @@ def main() -> None:
                         model.embed({"image": torch.from_numpy(x)})
             return time.perf_counter() - start
 
-        plain_runs, stage_runs, shard_runs = [], [], []
+        plain_runs, stage_runs, shard_runs, onnx_runs, onnx_stage_runs = [], [], [], [], []
+        onnx_over = {**over, "infer.engine": "onnx"}
         for _ in range(args.repeat):  # interleaved; the best of each, as this VM is noisy
             plain_runs.append(plain())
+            onnx_runs.append(plain_onnx())
             shard_runs.append(plain_from_shards())
             start = time.perf_counter()
             run = hm.infer(None, over, train_run=train.run_id, dataset=dataset, force=True)
             stage_runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            onnx_run = hm.infer(None, onnx_over, train_run=train.run_id, dataset=dataset,
+                                force=True)
+            onnx_stage_runs.append(time.perf_counter() - start)
         _, stage_emb = read_embeddings(run.run_id)
+        _, onnx_emb = read_embeddings(onnx_run.run_id)
 
     plain_s, stage_s = min(r[0] for r in plain_runs), min(stage_runs)
+    onnx_s, onnx_stage_s = min(r[0] for r in onnx_runs), min(onnx_stage_runs)
     same = bool(np.allclose(stage_emb, plain_runs[0][1], atol=1e-5))
+    tolerance = exported.info["check"]["tolerance"]
+    onnx_diff = float(np.abs(onnx_emb - stage_emb).max())
     results = {"hyrax": {"objects_per_s": n / stage_s, "stage_s": stage_s,
                          "runs_s": stage_runs},
                "plain_pytorch": {"objects_per_s": n / plain_s, "seconds": plain_s,
                                  "runs_s": [r[0] for r in plain_runs]},
                "plain_pytorch_from_shards": {"objects_per_s": n / min(shard_runs),
                                              "seconds": min(shard_runs), "runs_s": shard_runs},
-               "same_embeddings": same}
+               "plain_onnxruntime": {"objects_per_s": n / onnx_s, "seconds": onnx_s,
+                                     "runs_s": [r[0] for r in onnx_runs]},
+               "hyrax_onnx": {"objects_per_s": n / onnx_stage_s, "stage_s": onnx_stage_s,
+                              "runs_s": onnx_stage_runs},
+               "same_embeddings": same,
+               "onnx_max_abs_diff": onnx_diff, "onnx_tolerance": tolerance,
+               "onnx_same_embeddings": onnx_diff <= tolerance}
     ratios = {"stage_vs_plain": plain_s / stage_s,
               "stage_vs_plain_medians": statistics.median(r[0] for r in plain_runs)
               / statistics.median(stage_runs),
-              "stage_vs_plain_from_shards": min(shard_runs) / stage_s}
+              "stage_vs_plain_from_shards": min(shard_runs) / stage_s,
+              "onnx_vs_pytorch_plain": plain_s / onnx_s,
+              "onnx_vs_pytorch_stage": stage_s / onnx_stage_s}
     report("infer", args.size if not args.objects else f"{n}",
            {"objects": n, "batch_size": cfg.infer.batch_size, "model": cfg.model.name,
             "embedding_dim": int(stage_emb.shape[1]), "repeat": args.repeat,
-            "torch_threads": torch.get_num_threads()},
+            "torch_threads": torch.get_num_threads(),
+            "onnxruntime": exported.info["check"]["onnxruntime"],
+            "onnx_opset": exported.info["opset"]},
            results, ratios, goals={"stage_vs_plain": ">= 0.95"},
            met={"stage_vs_plain": ratios["stage_vs_plain"] >= 0.95})
 

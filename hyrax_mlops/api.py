@@ -217,6 +217,18 @@ def lookup(run: str, object_ids, *, pixels: bool = True, config: ConfigLike = No
     return _lookup(run, object_ids, pixels=pixels, cache=ArtifactCache.of(load_config(config)))
 
 
+def export_onnx(train_run: str, config: ConfigLike = None, overrides: Overrides = None, *,
+                force: bool = False):
+    """Export a train (or tune) run's model to ONNX, beside its MLflow model: artifacts
+    `onnx/model.onnx` (inputs "stamps" or the catalog features, outputs "embedding" and, for a
+    classifier, "probabilities"; dynamic batch axis) and `onnx/model.json` of that run, kept
+    only once onnxruntime agrees with PyTorch on real objects of its dataset. An export already
+    there is kept unless `force`. `infer.engine = "onnx"` then runs it."""
+    from hyrax_mlops.stages.export import export_onnx as _export_onnx
+
+    return _export_onnx(load_config(config, overrides), train_run, force=force)
+
+
 def lineage(run_id: str) -> str:
     """The chain of runs behind `run_id`, as printable text."""
     from hyrax_mlops.tracking import lineage_lines

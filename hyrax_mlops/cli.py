@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="re-run even if a matching run exists")
         for given in stage.inputs:
             p.add_argument(given.flag, dest=given.name, help=given.help)
+        if stage.name == "export":
+            _export_args(p)
     p = sub.add_parser("search", help="nearest neighbours from an index, pipeline or infer run")
     p.add_argument("--run", required=True, help="index, pipeline or infer run id")
     group = p.add_mutually_exclusive_group(required=True)
@@ -121,10 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    """`export RUN` (an infer run: its table, as --embeddings) and `export TRAIN_RUN --onnx`
+    (its model as ONNX, beside the MLflow model)."""
+    p.add_argument("run", nargs="?", metavar="RUN",
+                   help="an infer run (its table, as --embeddings), or with --onnx a train run")
+    p.add_argument("--onnx", action="store_true",
+                   help="export the train run's model to ONNX (onnx/model.onnx of that run), "
+                        "checked with onnxruntime against PyTorch on real stamps")
+
+
+def _export(args: argparse.Namespace) -> int | None:
+    """`export` with a positional RUN or --onnx; None: the export stage as registered."""
+    if not args.onnx:
+        if args.run and args.embeddings and args.run != args.embeddings:
+            raise HyraxError("export: give the infer run once (RUN or --embeddings)")
+        args.embeddings = args.embeddings or args.run
+        return None
+    if not args.run or args.embeddings or args.analysis:
+        raise HyraxError("export --onnx takes one train run: hyrax-mlops export TRAIN_RUN "
+                         "--onnx (not --embeddings or --analysis)")
+    import hyrax_mlops as hm
+
+    exported = hm.export_onnx(args.run, args.config, args.overrides, force=args.force)
+    print(redact(str(exported)))
+    for line in exported.next_steps():
+        print(f"  next: {line}")
+    return 0
+
+
 def _run_stage(args: argparse.Namespace) -> int:
     import hyrax_mlops as hm
     from hyrax_mlops.stages.registry import STAGES
 
+    if args.command == "export":
+        done = _export(args)
+        if done is not None:
+            return done
     kw = {"force": args.force}
     for given in STAGES.get(args.command).inputs:
         if getattr(args, given.name, None):

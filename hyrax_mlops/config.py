@@ -39,7 +39,8 @@ _CREDENTIALS_HOME = {
                           "download.credentials_file",
     "download.rubin.butler_repo": "the Butler's own credentials file (DAF_BUTLER_REPOSITORY_INDEX"
                                   ", ~/.lsst/db-auth.yaml) or AWS_* variables",
-    "index.url": "CHROMA_TOKEN or CHROMA_TOKEN_FILE",
+    "index.url": "CHROMA_TOKEN or CHROMA_TOKEN_FILE (chroma), QDRANT_API_KEY or "
+                 "QDRANT_API_KEY_FILE (qdrant)",
     "ray.address": "the cluster's own authentication (RAY_AUTH_TOKEN), not the address",
 }
 
@@ -318,6 +319,7 @@ class TrainConfig(_Section):
     seed: int = 42
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     register_as: str = ""
+    export_onnx: bool = False  # also write onnx/model.onnx (checked against PyTorch)
 
 
 class SearchParam(_Section):
@@ -367,11 +369,12 @@ class InferConfig(_Section):
     model: str = ""
     batch_size: int = Field(256, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    engine: Literal["torch", "onnx"] = "torch"  # "onnx": the train run's onnx/model.onnx
 
 
 class IndexConfig(_Components):
     """Where embeddings are indexed; the backend's own keys (HNSW's, IVF-PQ's) are declared
-    by the backend (`vectors.chroma`, `vectors.lance`: its `config_class`)."""
+    by the backend (`vectors.chroma`, `vectors.lance`, `vectors.qdrant`: its `config_class`)."""
 
     _kind: ClassVar[str] = "backends"
     _selector: ClassVar[str | None] = "backend"

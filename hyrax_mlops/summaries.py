@@ -132,6 +132,10 @@ def _train(run) -> list[str]:
     uri = run.data.tags.get("hyrax.model_uri")
     if uri:
         lines.append(f"model: {uri}")
+    onnx = run.data.tags.get("hyrax.onnx")
+    if onnx:  # engine.onnx_export: beside the model, checked against PyTorch
+        lines.append(f"onnx: {onnx} (max |onnx - torch| {num(m.get('onnx_max_abs_diff'), 2)}; "
+                     "infer with --set infer.engine=onnx)")
     return lines
 
 

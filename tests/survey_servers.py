@@ -1,12 +1,14 @@
-"""Local stand-ins for two survey cutout services, on 127.0.0.1, serving real FITS.
+"""Local stand-ins for three survey cutout services, on 127.0.0.1, serving real FITS.
 
 `HSCServer` speaks HSC-SSP PDR3 das_cutout (a multipart coordinate list POSTed with HTTP basic
 auth, answered with a tar of FITS). `RubinServer` speaks the Rubin Science Platform flow (TAP
-ObsCore query -> DataLink -> SODA cutout-sync, bearer token). Both cut their pixels from the
-four real HST WFC3/IR F105W images of Abell 2744 in `tests/data/sky/` (see its README), with
-`Cutout2D(mode="trim")`, so a cutout near an image edge is smaller, as on the real services.
+ObsCore query -> DataLink -> SODA cutout-sync, bearer token). `EuclidServer` speaks IRSA's
+Euclid Q1 access (SIA v2 over the MER mosaics, then IBE cutouts of a mosaic's access_url). All
+cut their pixels from the four real HST WFC3/IR F105W images of Abell 2744 in `tests/data/sky/`
+(see its README), with `Cutout2D(mode="trim")`, so a cutout near an image edge is smaller, as on
+the real services.
 
-Both take the same fault plan as `tests/fault_server.py`: `faults=[...]` is consumed one entry
+All take the same fault plan as `tests/fault_server.py`: `faults=[...]` is consumed one entry
 per authenticated request, in arrival order ("ok" = no fault), then `fault_rate` (with `seed`)
 picks a fault from `fault_kinds` for that fraction of the remaining requests. Kinds: "500",
 "429" (Retry-After: 0.05), "reset" (connection closed with no answer), "truncated"
@@ -753,7 +755,11 @@ def _obscore_votable(rows: list[tuple], cols: list[str]) -> bytes:
             table[name] = np.array(values, dtype=np.float64)
         else:
             table[name] = np.array(values, dtype=str) if values else np.array([], dtype="U1")
-    table = table[cols]
+    return _results_votable(table[cols])
+
+
+def _results_votable(table: Table) -> bytes:
+    """A query's answer: the table in a results RESOURCE with QUERY_STATUS OK."""
     vot = VOTableFile.from_table(table)
     resource = vot.resources[0]
     resource.type = "results"
@@ -808,6 +814,125 @@ _SODA_META = """<RESOURCE type="meta" utype="adhoc:service" ID="cutout-sync">
 </RESOURCE>"""
 
 
+
+# ---------------------------------------------------------------------------- Euclid (IRSA)
+EUCLID_COLLECTION = "euclid_DpdMerBksMosaic"
+EUCLID_BANDS = (("VIS", "VIS"), ("NISP", "Y"), ("NISP", "J"), ("NISP", "H"), ("DECAM", "r"))
+EUCLID_PRODUCTS = ("science", "noise", "flag")  # the client must keep only the science mosaics
+SIA_COLUMNS = ("obs_id", "s_ra", "s_dec", "instrument_name", "energy_bandpassname",
+               "dataproduct_subtype", "access_url", "access_estsize")
+EUCLID_MAGZERO = 23.9  # MER mosaics' AB zero point (pixels in microjansky)
+
+
+class EuclidServer(_SurveyServer):
+    """IRSA's Euclid Q1 access: SIA v2 at `{url}/SIA` (COLLECTION, POS=CIRCLE ra dec r) answers
+    a VOTable of MER mosaics (one row per band and product); each `access_url` under
+    `/ibe/data/euclid/q1/MER/...` answers an IBE cutout for `center=ra,dec[deg]&size=N[px]`
+    (gzipped unless gzip=false; clipped at the mosaic's edge; 400 when it does not overlap).
+    Public: no authentication."""
+
+    def __init__(self, bands: Sequence[tuple[str, str]] = EUCLID_BANDS, **kw) -> None:
+        super().__init__(**kw)
+        self.bands = tuple(bands)
+        # path -> (image, instrument, band, product)
+        self.files: dict[str, tuple[SkyImage, str, str, str]] = {}
+        for image in self.sky.images:
+            for inst, band in self.bands:
+                for product in EUCLID_PRODUCTS:
+                    self.files[self.mosaic_path(image, inst, band, product)] = (
+                        image, inst, band, product)
+
+    def tile(self, image: SkyImage) -> int:
+        return 102018211 + image.index
+
+    def mosaic_path(self, image: SkyImage, inst: str, band: str, product: str) -> str:
+        kind = {"science": "BGSUB-MOSAIC", "noise": "MOSAIC-RMS", "flag": "MOSAIC-FLAG"}[product]
+        name = band if inst == "VIS" else f"{inst}-{band}"
+        folder = inst if inst in ("VIS", "NISP") else "EXT"
+        return (f"/ibe/data/euclid/q1/MER/{self.tile(image)}/{folder}/EUC_MER_{kind}-{name}"
+                f"_TILE{self.tile(image)}-LOCAL_00.00.fits")
+
+    def authorized(self, headers) -> bool:
+        return True
+
+    def route(self, method, path, params, body, headers) -> Answer:
+        if path == "/SIA" and method == "GET":
+            return self.sia(params)
+        if path in self.files and method == "GET":
+            return self.cutout(path, params)
+        return _text(404, f"not found: {path}")
+
+    def sia(self, params: dict[str, str]) -> Answer:
+        if params.get("collection") != EUCLID_COLLECTION:
+            return _sia_error(f"unknown COLLECTION {params.get('collection')!r}")
+        words = params.get("pos", "").split()
+        try:
+            if not words or words[0].upper() != "CIRCLE" or len(words) != 4:
+                raise ValueError
+            ra, dec, radius = (float(w) for w in words[1:])
+        except ValueError:
+            return _sia_error(f"POS must be 'CIRCLE ra dec radius', got {params.get('pos')!r}")
+        rows = []
+        for image in self.sky.images:
+            if image.edge_distance(ra, dec) < -0.5 - radius / image.pixscale_deg:
+                continue
+            for path, (im, inst, band, product) in self.files.items():
+                if im is image:
+                    rows.append((f"{self.tile(image)}_{inst}_{band}", image.ra, image.dec, inst,
+                                 band, product, self.url + path, image.data.nbytes // 1000))
+        return Answer(200, _sia_votable(rows), "application/x-votable+xml",
+                      corrupt=b"<?xml version='1.0'?><VOTABLE><RESOURCE><TABLE><FIELD " + GARBAGE)
+
+    def cutout(self, path: str, params: dict[str, str]) -> Answer:
+        image, inst, band, product = self.files[path]
+        try:
+            ra, dec = (float(v) for v in params["center"].removesuffix("deg").split(","))
+            size = params["size"]
+            if not size.endswith("px"):
+                raise ValueError("this test server takes size in px")
+            n = int(size.removesuffix("px"))
+        except (KeyError, ValueError) as exc:
+            return _text(400, f"bad cutout parameters: {exc}")
+        half = n * image.pixscale_deg / 2
+        cut = self.sky.cut(ra, dec, half, half, image)
+        if cut is None:
+            return _text(400, "Bad Request: the cutout does not intersect the image")
+        data, header = cut
+        header["MAGZERO"] = (EUCLID_MAGZERO, "AB zero point of the MER mosaics")
+        header["INSTRUME"] = inst
+        header["FILTER"] = band
+        header["TESTDATA"] = ("HST F105W Abell 2744", "served by a test server")
+        header["COMMENT"] = ORIGIN_NOTE
+        if product != "science":
+            data = np.zeros_like(data)  # only the science mosaic has the sky's pixels here
+        buf = io.BytesIO()
+        fits.PrimaryHDU(data, header=header).writeto(buf)
+        body = buf.getvalue()
+        if params.get("gzip", "true").lower() != "false":
+            import gzip
+
+            body = gzip.compress(body)
+        served = (served_key(f"{inst}_{band}", ra, dec),) if product == "science" else ()
+        return Answer(200, body, "application/fits", served=served)
+
+
+def _sia_votable(rows: list[tuple]) -> bytes:
+    table = Table()
+    for i, name in enumerate(SIA_COLUMNS):
+        values = [row[i] for row in rows]
+        if name in ("s_ra", "s_dec"):
+            table[name] = np.array(values, dtype=np.float64)
+        elif name == "access_estsize":
+            table[name] = np.array(values, dtype=np.int64)
+        else:
+            table[name] = np.array(values, dtype=str) if values else np.array([], dtype="U1")
+    return _results_votable(table)
+
+
+def _sia_error(message: str) -> Answer:
+    return Answer(400, _tap_error(message).body, "application/x-votable+xml")
+
+
 # ---------------------------------------------------------------------------- command line
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve one of them until interrupted: `python tests/survey_servers.py hsc|rubin`.
@@ -821,7 +946,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import sys
 
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    ap.add_argument("service", choices=["hsc", "rubin"])
+    ap.add_argument("service", choices=["hsc", "rubin", "euclid"])
     ap.add_argument("--fault-rate", type=float, default=0.0,
                     help="fraction of requests that fail (500, reset, truncated, 429, corrupt)")
     ap.add_argument("--seed", type=int, default=0)
@@ -834,11 +959,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                                                   "download.hsc.url": server.api_url},
                 "env": {"HSC_SSP_CAS_USER": server.user,
                         "HSC_SSP_CAS_PASSWORD": server.password}}
-    else:
+    elif args.service == "rubin":
         server = RubinServer(**kw)
         info = {"url": server.url, "config": {"download.source": "rubin",
                                               "download.rubin.url": server.url},
                 "env": {"RSP_TOKEN": server.token}}
+    else:
+        server = EuclidServer(**kw)
+        info = {"url": server.url, "config": {"download.source": "euclid",
+                                              "download.euclid.url": server.url}, "env": {}}
     info["catalog"] = str(SKY_DIR / "catalog.csv")
     info["pixel_scale"] = 0.06
     stop = threading.Event()

@@ -173,7 +173,7 @@ def test_each_component_owns_its_keys_and_defaults():
         for key, field in (own.model_fields.items() if own else ()):
             if key in shipped["analyse"]:  # a plugin's keys are not in the shipped file
                 assert shipped["analyse"][key] == field.default, key
-    for name in ("hsc", "rubin", "xdf"):
+    for name in ("hsc", "rubin", "euclid", "xdf"):
         assert shipped["download"][name] == SOURCES.get(name).config_class().model_dump()
     from hyrax_mlops.analysis.reducers import REDUCERS
 
@@ -182,9 +182,9 @@ def test_each_component_owns_its_keys_and_defaults():
 
     index_block = text.split("[index]")[1].split("\n[")[0]
     commented = dict(re.findall(r"^#\s+(\w+) = (\S+)", index_block, re.M))
-    for name in ("chroma", "lancedb"):
+    for name in ("chroma", "lancedb", "qdrant"):
         for key, field in VECTOR_BACKENDS.get(name).config_class.model_fields.items():
-            assert int(commented[key]) == field.default, key
+            assert tomllib.loads(f"v = {commented[key]}")["v"] == field.default, key
 
 
 def test_a_component_key_left_at_the_top_of_its_section_says_where_it_moved():

@@ -319,7 +319,8 @@ def catalog_is_a_directory(site):
 
 @case
 def catalog_missing(site):
-    return Expect(ConfigError, r"'ingest\.catalog' points to .* not an existing file\. Fix")
+    return Expect(ConfigError, r"'ingest\.catalog' points to .* not an existing file or HATS "
+                               r"catalog\. Fix")
 
 
 @case

@@ -14,7 +14,7 @@ from hyrax_mlops.config import IndexConfig
 from hyrax_mlops.vectors import VECTOR_BACKENDS
 from hyrax_mlops.vectors.exact import exact_knn
 
-BACKENDS = ["chroma", "lancedb"]
+BACKENDS = ["chroma", "lancedb", "qdrant"]
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:

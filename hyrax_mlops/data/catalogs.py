@@ -1,5 +1,6 @@
-"""Read a user's catalog (CSV, Parquet or FITS table) into a DataFrame keyed by object_id, and
-find the files a catalog names without ever leaving the folder they must be in.
+"""Read a user's catalog (CSV, Parquet or FITS table, or a HATS catalog: `data.hats`) into a
+DataFrame keyed by object_id, and find the files a catalog names without ever leaving the
+folder they must be in.
 
 `object_id` is always text, exactly as written: `00042` stays `00042` and a 64-bit survey id
 such as `36411448540270969` keeps every digit (integer columns become their decimal text, never
@@ -48,15 +49,76 @@ def _rows(rows: list[int]) -> str:
     return shown + (f" and {len(rows) - _SHOW} more" if len(rows) > _SHOW else "")
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Any CSV, Parquet or FITS table (e.g. a reference catalog to crossmatch with)."""
-    return _read(Path(path), id_column=None)
+def catalog_location(value: str | Path) -> Path | str:
+    """Where a catalog key points: a file's Path (`~` expanded), or a HATS catalog's text
+    (a folder or an s3:// URL, with its options; see `data.hats`)."""
+    from hyrax_mlops.data import hats
+
+    return str(value) if hats.is_hats(value) else Path(value).expanduser()
 
 
-def read_catalog(path: Path) -> pd.DataFrame:
+def catalog_digest(location: str | Path) -> str:
+    """What identifies a catalog's content: a file's sha256, a HATS catalog's fingerprint."""
+    from hyrax_mlops.data import hats
+
+    if hats.is_hats(location):
+        return hats.fingerprint(hats.parse(location))
+    from hyrax_mlops.data.dataset import sha256_file
+
+    return sha256_file(Path(location))
+
+
+def catalog_stem(location: str | Path) -> str:
+    """A short name for run names: the file's stem, or the HATS catalog's folder name."""
+    from hyrax_mlops.data import hats
+
+    return hats.parse(location).name if hats.is_hats(location) else Path(location).stem
+
+
+def catalog_folder(location: str | Path) -> Path:
+    """The folder whose files the catalog may name: the one holding the file, or holding the
+    HATS catalog's folder."""
+    from hyrax_mlops.data import hats
+
+    if hats.is_hats(location):
+        cat = hats.parse(location)
+        if cat.remote:
+            raise DataError(f"catalog '{location}' is remote: the files it names cannot be read "
+                            "from a local folder. Fix: give a local copy of the catalog.")
+        return Path(cat.location).parent
+    return Path(location).parent
+
+
+def require_catalog(value: str, key: str) -> Path | str:
+    """A catalog key's value checked before any run: an existing file or a HATS catalog."""
+    from hyrax_mlops.data import hats
+    from hyrax_mlops.errors import ConfigError
+
+    if not value:
+        raise ConfigError(f"config key '{key}' is required for this stage. Fix: --set {key}=PATH")
+    base = str(value).partition("?")[0]
+    if hats.is_hats(value):
+        return str(hats.check(str(value), key))
+    if base != str(value):
+        raise ConfigError(f"config key '{key}' = '{value}': ?columns, cone and box select from a "
+                          "HATS catalog (a folder with hats.properties); this is not one. Fix: "
+                          "name the file alone, or the HATS catalog's folder.")
+    p = Path(value).expanduser().resolve()
+    if not p.is_file():
+        raise ConfigError(f"config key '{key}' points to '{value}', which is not an existing "
+                          f"file or HATS catalog. Fix: --set {key}=PATH to an existing file or a "
+                          "HATS catalog's folder.")
+    return p
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Any CSV, Parquet or FITS table, or HATS catalog (e.g. a reference to crossmatch with)."""
+    return _read(path, id_column=None)
+
+
+def read_catalog(path: str | Path) -> pd.DataFrame:
     """The catalog with `object_id` as exact text; a missing column, empty or repeated ids and
     a catalog without rows are `DataError`s naming the file, the rows and the fix."""
-    path = Path(path)
     df = _read(path, id_column="object_id")
     if df.empty:
         raise DataError(f"catalog '{path}' has a header but no rows: nothing to ingest. "
@@ -80,11 +142,38 @@ def read_catalog(path: Path) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def _read(path: Path, id_column: str | None) -> pd.DataFrame:
+def _read(path: str | Path, id_column: str | None) -> pd.DataFrame:
+    from hyrax_mlops.data import hats
+
+    if hats.is_hats(path):
+        df = _read_hats(str(path), id_column)
+    else:
+        df = _read_file(Path(path), id_column)
+    if id_column and id_column not in df.columns:
+        cols = ", ".join(str(c)[:40] for c in list(df.columns)[:20])
+        more = ", ..." if len(df.columns) > 20 else ""
+        raise DataError(f"catalog '{path}' has no 'object_id' column (columns: {cols}{more}). "
+                        "Fix: rename your id column to object_id.")
+    return df
+
+
+def _read_hats(path: str, id_column: str | None) -> pd.DataFrame:
+    """A HATS catalog's selected rows and columns, ids as exact text (as for Parquet)."""
+    from hyrax_mlops.data import hats
+
+    table = hats.read(hats.parse(path), id_column)
+    df = table.to_pandas()
+    if id_column and id_column in table.column_names:
+        df[id_column] = _arrow_ids(Path(path), table.column(id_column))
+    return df
+
+
+def _read_file(path: Path, id_column: str | None) -> pd.DataFrame:
     kind = _kind(path)
     if not kind:
-        raise DataError(f"catalog '{path}' is not .csv, .csv.gz, .parquet or .fits: cannot read "
-                        "it. Fix: save it in one of these formats, with that suffix.")
+        raise DataError(f"catalog '{path}' is not .csv, .csv.gz, .parquet or .fits, nor a HATS "
+                        "catalog: cannot read it. Fix: save it in one of these formats, with "
+                        "that suffix (or give the HATS catalog's folder).")
     try:
         size = path.stat().st_size
     except OSError as exc:
@@ -103,11 +192,6 @@ def _read(path: Path, id_column: str | None) -> pd.DataFrame:
         raise DataError(f"catalog '{path}' cannot be read as {what} ({type(exc).__name__}: "
                         f"{why}). Fix: check that the file is {what}; the format is chosen by "
                         "the suffix.") from None
-    if id_column and id_column not in df.columns:
-        cols = ", ".join(str(c)[:40] for c in list(df.columns)[:20])
-        more = ", ..." if len(df.columns) > 20 else ""
-        raise DataError(f"catalog '{path}' has no 'object_id' column (columns: {cols}{more}). "
-                        "Fix: rename your id column to object_id.")
     return df
 
 

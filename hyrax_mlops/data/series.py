@@ -220,20 +220,24 @@ def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
     return manifest
 
 
-def series_fingerprint(catalog_path: Path, lightcurve_column: str, spectrum_column: str,
+def series_fingerprint(catalog_path: Path | str, lightcurve_column: str, spectrum_column: str,
                        catalog: pd.DataFrame | None = None) -> str:
     """The catalog's bytes and the size and mtime of every light curve / spectrum file it
     names inside its folder (nothing outside it is stat'ed): a changed file makes a new
     dataset instead of reusing the old run."""
     import hashlib
 
-    from hyrax_mlops.data.catalogs import read_catalog, resolve_inside
-    from hyrax_mlops.data.dataset import sha256_file
+    from hyrax_mlops.data.catalogs import (
+        catalog_digest,
+        catalog_folder,
+        read_catalog,
+        resolve_inside,
+    )
 
-    h = hashlib.sha256(sha256_file(catalog_path).encode())
+    h = hashlib.sha256(catalog_digest(catalog_path).encode())
     if catalog is None:
         catalog = read_catalog(catalog_path)
-    base = Path(catalog_path).parent
+    base = catalog_folder(catalog_path)
     for column in (lightcurve_column, spectrum_column):
         if column and column in catalog.columns:
             for file in catalog[column]:

@@ -20,7 +20,7 @@ def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     embed, predict = getattr(model, "embed", None), getattr(model, "predict", None)
     probs = predict(batch) if callable(predict) else None
     z = embed(batch) if callable(embed) else probs
-    return z.reshape(len(z), -1), probs
+    return z.reshape(z.shape[0], -1), probs  # shape[0], not len(): stays symbolic in export
 
 
 def embed_cutouts(model: torch.nn.Module, normalizer, x: np.ndarray

@@ -25,7 +25,13 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from hyrax_mlops.config import IngestConfig
-from hyrax_mlops.data.catalogs import NotAFile, OutsideFolder, read_catalog, resolve_inside
+from hyrax_mlops.data.catalogs import (
+    NotAFile,
+    OutsideFolder,
+    catalog_folder,
+    read_catalog,
+    resolve_inside,
+)
 from hyrax_mlops.data.dataset import DatasetWriter
 from hyrax_mlops.data.fits_cutouts import (
     pixel_scale_arcsec,
@@ -43,10 +49,12 @@ WCS_TOLERANCE_PIXELS = 2.0
 _LISTED = 1000  # disagreements listed in the manifest (all are counted)
 
 
-def fingerprint(cutouts_dir: Path, catalog: Path) -> str:
+def fingerprint(cutouts_dir: Path, catalog: Path | str) -> str:
     """Changes when any cutout file or the catalog changes (names, sizes, mtimes). Walks only
     inside `cutouts_dir`: a symlink counts by its own entry and target text, never followed."""
-    h = hashlib.sha256(Path(catalog).read_bytes())
+    from hyrax_mlops.data.catalogs import catalog_digest
+
+    h = hashlib.sha256(catalog_digest(catalog).encode())
     root = Path(cutouts_dir)
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
@@ -244,5 +252,5 @@ def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, writer: Dataset
     from hyrax_mlops.data.series import ingest_series
 
     kept = {str(row["object_id"]) for row in writer.rows}
-    return ingest_series(catalog, kept, Path(catalog_path).parent, cfg.lightcurve_column,
+    return ingest_series(catalog, kept, catalog_folder(catalog_path), cfg.lightcurve_column,
                          cfg.spectrum_column, writer.out, manifest)

@@ -167,20 +167,17 @@ class Rubin(SurveySource):
             key = item_key(target.object_id, band)
             oid = target.object_id
             if oid not in located:
-                why = locate_failed.get(oid, {"reason": "locate_failed", "detail": ""})
-                journal.record(key, "failed", reason=why["reason"],
-                               detail=f"ObsCore lookup: {why.get('detail', '')}"[:500])
+                self.record_failed_step(journal, key, locate_failed.get(oid),
+                                        "ObsCore lookup", "locate_failed")
                 continue
             url = located[oid]["links"].get(band)
             if url is None:
-                journal.record(key, "failed", reason="no_data",
-                               detail=f"no {self.cfg.rubin.dataset_type} image in band {band} "
-                                      f"at ra={target.ra:.6f} dec={target.dec:.6f}")
+                self.record_no_data(journal, key,
+                                    f"{self.cfg.rubin.dataset_type} image in band {band}", target)
                 continue
             if url not in services:
-                why = links_failed.get(url, {"reason": "links_failed", "detail": ""})
-                journal.record(key, "failed", reason=why["reason"],
-                               detail=f"DataLink: {why.get('detail', '')}"[:500])
+                self.record_failed_step(journal, key, links_failed.get(url), "DataLink",
+                                        "links_failed")
                 continue
             svc = services[url]
             requests.append(Request(

@@ -82,6 +82,21 @@ class SurveySource(ABC):
                          unit=unit, progress=lambda stats: ctx.report(phase, stats),
                          show_progress=ctx.show_progress)
 
+    @staticmethod
+    def record_failed_step(journal: Journal, key: str, why: dict[str, Any] | None,
+                           step: str, reason: str) -> None:
+        """Item `key` failed because a step before its cutout did (`why`: the step's journal
+        entry; None when it was never answered, then `reason`)."""
+        why = why or {"reason": reason, "detail": ""}
+        journal.record(key, "failed", reason=why["reason"],
+                       detail=f"{step}: {why.get('detail', '')}"[:500])
+
+    @staticmethod
+    def record_no_data(journal: Journal, key: str, what: str, target: Target) -> None:
+        """Item `key` has no image at the service: the position is outside its footprint."""
+        journal.record(key, "failed", reason="no_data",
+                       detail=f"no {what} at ra={target.ra:.6f} dec={target.dec:.6f}")
+
     @abstractmethod
     def fetch(self, pending: list[tuple[Target, str]], store: CutoutStore, journal: Journal,
               ctx: DownloadContext) -> None:
@@ -91,7 +106,7 @@ class SurveySource(ABC):
 
 SURVEYS: Registry[type[SurveySource]] = Registry(
     "survey source", builtins=("hyrax_mlops.sources.hsc", "hyrax_mlops.sources.rubin",
-                               "hyrax_mlops.sources.rubin_butler"))
+                               "hyrax_mlops.sources.rubin_butler", "hyrax_mlops.sources.euclid"))
 BUTLER = "rubin-butler"  # Rubin read from a Butler repo (download.rubin.butler_repo)
 
 
@@ -105,7 +120,9 @@ def survey_source(cfg: DownloadConfig) -> SurveySource:
 def fetch_survey(cfg: DownloadConfig, out_dir: Path, ctx: DownloadContext) -> dict[str, Any]:
     """The `download` source function of every survey (`hsc`, `rubin`, ...): cutouts of each
     `download.catalog` row in `download.bands`."""
-    return download_survey(survey_source(cfg), cfg, Path(cfg.catalog).expanduser(), out_dir, ctx)
+    from hyrax_mlops.data.catalogs import catalog_location
+
+    return download_survey(survey_source(cfg), cfg, catalog_location(cfg.catalog), out_dir, ctx)
 
 
 def survey_entry(config_class: type) -> Callable[..., dict[str, Any]]:
@@ -119,7 +136,7 @@ def survey_entry(config_class: type) -> Callable[..., dict[str, Any]]:
     return fetch
 
 
-def read_targets(path: Path, limit: int = 0) -> tuple[list[Target], list[dict], dict]:
+def read_targets(path: Path | str, limit: int = 0) -> tuple[list[Target], list[dict], dict]:
     """Catalog rows with a usable position, the rows themselves, and rows that have none."""
     from hyrax_mlops.data.catalogs import read_catalog
 
@@ -146,7 +163,7 @@ def channel_names(bands: list[str], layers: list[str]) -> list[str]:
     return [b if layer == "image" else f"{b}:{layer}" for b in bands for layer in layers]
 
 
-def download_survey(source: SurveySource, cfg: DownloadConfig, catalog: Path, out_dir: Path,
+def download_survey(source: SurveySource, cfg: DownloadConfig, catalog: Path | str, out_dir: Path,
                     ctx: DownloadContext) -> dict[str, Any]:
     """Fetch what is missing for every catalog row, then write the dataset."""
     from hyrax_mlops.data.dataset import DatasetWriter

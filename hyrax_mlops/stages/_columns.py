@@ -12,17 +12,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hyrax_mlops.config import Config, require_path
+from hyrax_mlops.data.catalogs import catalog_location
 from hyrax_mlops.errors import ConfigError
 
 # Added by ingest from each stamp's WCS when the catalog has no positions.
 _FROM_WCS = ("ra", "dec")
 
 
-def table_columns(path: Path) -> list[str] | None:
-    """Column names of a CSV, Parquet or FITS table, read from its header only; None when the
-    file cannot be read that way (the stage's own check then says why)."""
+def table_columns(path: Path | str) -> list[str] | None:
+    """Column names of a CSV, Parquet or FITS table (or a HATS catalog), read from its header
+    (metadata) only; None when it cannot be read that way (the stage's own check says why)."""
+    from hyrax_mlops.data import hats
+
     name = Path(path).name.lower()
     try:
+        if hats.is_hats(path):
+            return hats.column_names(hats.parse(path))
         if name.endswith((".parquet", ".pq")):
             import pyarrow.parquet as pq
 
@@ -47,7 +52,7 @@ def expected_columns(cfg: Config, stage: str | None = None) -> list[str] | None:
     """The columns of the dataset this config's `stage` ("download" or "ingest"; default
     `pipeline.dataset`) will make; None when not knowable yet."""
     if (stage or cfg.pipeline.dataset) == "ingest":
-        cols = table_columns(Path(cfg.ingest.catalog).expanduser()) if cfg.ingest.catalog \
+        cols = table_columns(catalog_location(cfg.ingest.catalog)) if cfg.ingest.catalog \
             else None
         if cols is not None and cfg.ingest.cutouts_dir:
             cols += [c for c in _FROM_WCS if c not in cols]
@@ -58,7 +63,7 @@ def expected_columns(cfg: Config, stage: str | None = None) -> list[str] | None:
     if declared:  # a source that makes its own catalog says which columns it has
         return list(declared)
     if cfg.download.catalog:
-        return table_columns(Path(cfg.download.catalog).expanduser())
+        return table_columns(catalog_location(cfg.download.catalog))
     return None
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hyrax_mlops.analysis.analyses import ANALYSES, AnalysisContext
-from hyrax_mlops.config import Config, require_path, with_overrides
+from hyrax_mlops.config import Config, with_overrides
 from hyrax_mlops.errors import ConfigError, HyraxError, LineageError
 from hyrax_mlops.summaries import formatter
 from hyrax_mlops.tracking import (
@@ -35,7 +35,7 @@ TAG_NOTES = "hyrax.analyse.notes"
 CROSSMATCH_LABEL = "ref_label"
 
 
-def check(cfg: Config) -> Path | None:
+def check(cfg: Config) -> Path | str | None:
     """Names, keys and paths, before any run exists; the reference catalog if one is used."""
     a = cfg.analyse
     for name in a.analyses:
@@ -51,7 +51,9 @@ def check(cfg: Config) -> Path | None:
                               "crossmatch carries over: list \"crossmatch\" before \"quality\" "
                               "in analyse.analyses and set analyse.reference_label")
     if "crossmatch" in a.analyses:
-        return require_path(cfg, "analyse.reference", "file")
+        from hyrax_mlops.data.catalogs import require_catalog
+
+        return require_catalog(a.reference, "analyse.reference")
     return None
 
 
@@ -108,7 +110,7 @@ def quality_label(cfg: Config, columns) -> Config:
 
 def run(cfg: Config, embeddings: str, *, map: str | None = None,
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
-    from hyrax_mlops.data.dataset import sha256_file
+    from hyrax_mlops.data.catalogs import catalog_digest
 
     reference = check(cfg)
     infer = get_run(embeddings, "infer")
@@ -131,7 +133,7 @@ def run(cfg: Config, embeddings: str, *, map: str | None = None,
     model = _reconstructing_model(cfg, infer)
     table = _reference(cfg, reference)
     spec = StageSpec("analyse", SECTIONS, inputs=inputs,
-                     fingerprint=sha256_file(reference) if reference else None,
+                     fingerprint=catalog_digest(reference) if reference else None,
                      name="analyse-" + "+".join(cfg.analyse.analyses))
 
     def body(run_id: str) -> dict[str, str]:
@@ -239,7 +241,7 @@ def _check_columns(cfg: Config, catalog) -> None:
                               f"{hint} (columns: {', '.join(map(str, catalog.columns))})")
 
 
-def _reference(cfg: Config, path: Path | None):
+def _reference(cfg: Config, path: Path | str | None):
     """The reference catalog, its columns checked before any run exists (None: no crossmatch)."""
     if path is None:
         return None

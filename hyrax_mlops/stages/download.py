@@ -35,9 +35,9 @@ def check(cfg: Config):
     except KeyError as exc:
         raise ConfigError(f"config key 'download.source': {exc}") from None
     if cfg.download.source in SURVEYS:
-        from hyrax_mlops.config import require_path
+        from hyrax_mlops.data.catalogs import require_catalog
 
-        catalog = require_path(cfg, "download.catalog", "file")
+        catalog = require_catalog(cfg.download.catalog, "download.catalog")
         from hyrax_mlops.sources.survey import read_targets
 
         targets, _, _ = read_targets(catalog, cfg.download.limit)  # unreadable: DataError
@@ -62,8 +62,10 @@ def _stream_body(cfg: Config):
 
         with tempfile.TemporaryDirectory(prefix="hyrax-stream-") as tmp:
             out = Path(tmp) / "dataset"
-            manifest = write_stream_dataset(cfg.download, Path(cfg.download.catalog)
-                                            .expanduser(), out)
+            from hyrax_mlops.data.catalogs import catalog_location
+
+            manifest = write_stream_dataset(cfg.download, catalog_location(cfg.download.catalog),
+                                            out)
             import mlflow
 
             mlflow.set_tag("hyrax.dataset.mode", "stream")
@@ -148,13 +150,14 @@ def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -
 
 
 def catalog_fingerprint(cfg: Config) -> str | None:
-    """sha256 of a survey download's catalog file: its content, not its path, is what the
-    dataset is made of (a catalog edited in place makes a new download run)."""
+    """sha256 of a survey download's catalog file (a HATS catalog's fingerprint): its content,
+    not its path, is what the dataset is made of (a catalog edited in place makes a new
+    download run)."""
     if cfg.download.source not in SURVEYS or not cfg.download.catalog:
         return None
-    from hyrax_mlops.data.dataset import sha256_file
+    from hyrax_mlops.data.catalogs import catalog_digest, catalog_location
 
-    return f"catalog-sha256:{sha256_file(Path(cfg.download.catalog).expanduser())}"
+    return f"catalog-sha256:{catalog_digest(catalog_location(cfg.download.catalog))}"
 
 
 def _spec_and_body(cfg: Config):
@@ -173,7 +176,9 @@ def _run_name(cfg: Config, mode: str = "") -> str:
     from hyrax_mlops.tracking import name_hint
 
     d = cfg.download
-    catalog = Path(d.catalog).stem[:20] if d.catalog else ""
+    from hyrax_mlops.data.catalogs import catalog_location, catalog_stem
+
+    catalog = catalog_stem(catalog_location(d.catalog))[:20] if d.catalog else ""
     return name_hint("download", d.source, catalog, f"n{d.limit}" if d.limit else "", mode)
 
 

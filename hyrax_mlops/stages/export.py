@@ -1,11 +1,17 @@
 """`export`: an infer run's results as one table for the tools astronomers already use
 (TOPCAT, pandas, a notebook): each object's catalog row, its embedding and, given an analyse
 run of the same embeddings, the analysis's per-object columns (outlier score, cluster, ...).
-Written as FITS (TOPCAT opens it as it is) and Parquet, as artifacts of the export run."""
+Written as FITS (TOPCAT opens it as it is) and Parquet, as artifacts of the export run.
+
+`export_onnx` (`hyrax-mlops export TRAIN_RUN --onnx`): a train run's model as ONNX, written
+beside its MLflow model as artifacts `onnx/model.onnx` and `onnx/model.json` of that train run
+(no run of its own: the export belongs to the model), after onnxruntime and PyTorch agree on
+real objects of its dataset (`engine.onnx_export`)."""
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +103,77 @@ def _export(cfg: Config, embeddings: str, dataset: str, analysis: str | None) ->
         mlflow.log_artifacts(str(out), "export")
     mlflow.log_metrics({"n_objects": len(table), "n_columns": len(table.columns)})
     return {"table": f"{TABLE}.fits"}
+
+
+@dataclass
+class OnnxExported:
+    """Where a train run's ONNX export is and how close it came to PyTorch."""
+
+    run_id: str
+    info: dict
+    reused: bool
+
+    def __str__(self) -> str:
+        from hyrax_mlops.engine.onnx_export import ARTIFACT
+
+        check = self.info["check"]
+        sizes = ", ".join(str(s) for s in check["batch_sizes"])
+        return (f"{'kept   ' if self.reused else 'exported'} {ARTIFACT} of run {self.run_id}: "
+                f"max |onnx - torch| = {check['max_abs_diff']:.2g} on {check['n_objects']} real "
+                f"objects, batches of {sizes} (tolerance {check['tolerance']:.2g}); inputs "
+                f"{', '.join(i['name'] for i in self.info['inputs'])}, outputs "
+                f"{', '.join(o['name'] for o in self.info['outputs'])}, opset "
+                f"{self.info['opset']}" + ("  (--force exports again)" if self.reused else ""))
+
+    def next_steps(self) -> list[str]:
+        """The infer command that runs the export."""
+        return [f"hyrax-mlops infer --train-run {self.run_id} --set infer.engine=onnx"]
+
+
+def export_onnx(cfg: Config, train_run: str, *, force: bool = False) -> OnnxExported:
+    """Export a train (or tune) run's model to ONNX as artifacts `onnx/` of that run, checked
+    with onnxruntime against PyTorch on real objects of its dataset; an export already there
+    is kept unless `force`."""
+    import mlflow
+
+    from hyrax_mlops.engine import onnx_export
+    from hyrax_mlops.engine.bundle import load_bundle
+    from hyrax_mlops.errors import LineageError
+    from hyrax_mlops.stages.infer import reading_settings
+    from hyrax_mlops.tracking import use_store
+
+    use_store()
+    onnx_export.require("onnx", "onnxscript", "onnxruntime")
+    run = get_run(train_run, ("train", "tune"))
+    existing = onnx_export.find_export(train_run)
+    if existing is not None and not force:
+        return OnnxExported(train_run, existing, reused=True)
+    uri = f"runs:/{train_run}/model"
+    try:
+        mlflow.models.get_model_info(uri)
+    except Exception:
+        raise LineageError(f"run '{train_run}' logged no model (runs:/{train_run}/model): "
+                           "pass a train run that finished training.") from None
+    loaded = load_bundle(uri)
+    onnx_export.input_keys(loaded.model)  # refuse an unsupported model before reading data
+    dataset = input_run(run, "dataset")
+    exported = _export_checked(cfg, loaded, dataset, reading_settings(train_run), train_run,
+                               uri)
+    return OnnxExported(train_run, exported.info, reused=False)
+
+
+def _export_checked(cfg: Config, loaded, dataset: str, data, run_id: str, uri: str):
+    """Export and check on real objects of `dataset`, read as infer reads them; log it."""
+    from hyrax_mlops.data.provider import DataProvider
+    from hyrax_mlops.engine import onnx_export
+    from hyrax_mlops.tracking import ArtifactCache
+
+    provider = DataProvider(dataset, data, normalizer=loaded.normalizer,
+                            cache=ArtifactCache.of(cfg))
+    with tempfile.TemporaryDirectory(prefix="hyrax-onnx-") as tmp:
+        exported = onnx_export.export(
+            loaded.model, onnx_export.real_batch(provider), Path(tmp),
+            normalizer=loaded.normalizer,
+            source={"run_id": run_id, "model_uri": uri, "dataset_run": dataset})
+        onnx_export.log_export(run_id, exported)
+    return exported

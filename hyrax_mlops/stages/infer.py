@@ -1,4 +1,7 @@
-"""`infer`: embed every object of a dataset with a trained model -> embeddings.parquet."""
+"""`infer`: embed every object of a dataset with a trained model -> embeddings.parquet.
+
+`infer.engine = "onnx"` runs the model's ONNX export (`onnx/model.onnx` of its train run,
+`engine.onnx_export`) with onnxruntime over the same batches instead of PyTorch."""
 
 from __future__ import annotations
 
@@ -44,16 +47,36 @@ def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None
     except Exception as exc:
         raise LineageError(f"cannot find model '{uri}': {exc}") from None
     source_run = info.run_id
+    fingerprint = info.model_id
+    if cfg.infer.engine == "onnx":  # before any run: the export must be there
+        fingerprint += ":onnx:" + _onnx_export(cfg, uri, source_run)["sha256"][:16]
     if dataset is None:
         dataset = input_run(get_run(source_run, "train"), "dataset")
     get_run(dataset, DATASET_STAGES)
     spec = StageSpec("infer", SECTIONS, inputs={"dataset": dataset, "model": source_run},
-                     fingerprint=info.model_id, name=_run_name(uri, source_run))
+                     fingerprint=fingerprint,
+                     name=_run_name(uri, source_run) + ("-onnx" if cfg.infer.engine == "onnx"
+                                                        else ""))
 
     def body(run_id: str) -> dict[str, str]:
         return _infer(cfg, uri, dataset, reading_settings(source_run))
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
+
+
+def _onnx_export(cfg: Config, uri: str, source_run: str) -> dict:
+    """The model.json of the model's ONNX export; a LineageError saying how to make one when
+    there is none, a ConfigError when the config asks for what the ONNX engine does not do."""
+    from hyrax_mlops.engine.onnx_export import find_export, missing_export, require
+
+    require("onnxruntime")
+    if cfg.infer.backend == "ray":
+        raise ConfigError("infer.engine=onnx runs in this process, not on Ray. Fix: set "
+                          "infer.backend=local (or infer.engine=torch).")
+    info = find_export(source_run)
+    if info is None:
+        raise LineageError(missing_export(uri, source_run))
+    return info
 
 
 def _run_name(uri: str, source_run: str) -> str:
@@ -108,7 +131,15 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig) -> dict
     if list(provider.input_shape) != list(loaded.spec["input_shape"]):
         raise DataError(f"dataset stamps are {list(provider.input_shape)} but the model was "
                         f"trained on {loaded.spec['input_shape']}.")
-    if cfg.infer.backend == "ray":
+    if cfg.infer.engine == "onnx":
+        from hyrax_mlops.engine.onnx_export import ARTIFACT, embed_all_onnx, session
+
+        sess, exported = session(loaded.run_id, cfg.infer.device)
+        emb, probs = embed_all_onnx(
+            sess, exported,
+            provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False))
+        mlflow.set_tag("hyrax.onnx", f"runs:/{loaded.run_id}/{ARTIFACT}")
+    elif cfg.infer.backend == "ray":
         from hyrax_mlops.engine.ray_infer import embed_on_ray
         from hyrax_mlops.tracking import tracking_uri
 

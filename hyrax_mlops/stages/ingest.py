@@ -13,8 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from hyrax_mlops.config import Config, require_path
-from hyrax_mlops.data.catalogs import read_catalog
-from hyrax_mlops.data.dataset import sha256_file
+from hyrax_mlops.data.catalogs import catalog_digest, catalog_stem, read_catalog, require_catalog
 from hyrax_mlops.data.series import series_fingerprint
 from hyrax_mlops.sources.local_fits import fingerprint, ingest_catalog, ingest_directory
 from hyrax_mlops.stages._dataset import log_dataset
@@ -25,11 +24,11 @@ SECTIONS = ("ingest",)
 
 @dataclass
 class IngestInputs:
-    """What `check` found: the cutouts folder (None: catalog-only), the catalog file and its
-    rows, read once."""
+    """What `check` found: the cutouts folder (None: catalog-only), the catalog (a file, or a
+    HATS catalog's text) and its rows, read once."""
 
     cutouts: Path | None
-    catalog_path: Path
+    catalog_path: Path | str
     catalog: pd.DataFrame
 
 
@@ -37,7 +36,7 @@ def check(cfg: Config) -> IngestInputs:
     """The cutouts directory (None: a catalog-only dataset) and the catalog, read and checked."""
     cutouts = (require_path(cfg, "ingest.cutouts_dir", "dir") if cfg.ingest.cutouts_dir
                else None)
-    path = require_path(cfg, "ingest.catalog", "file")
+    path = require_catalog(cfg.ingest.catalog, "ingest.catalog")
     return IngestInputs(cutouts, path, _read_once(path))
 
 
@@ -47,7 +46,7 @@ _LAST: dict[tuple[str, str], pd.DataFrame] = {}
 def _read_once(path: Path) -> pd.DataFrame:
     """`read_catalog`, remembered for the same file with the same bytes (a pipeline checks,
     then runs)."""
-    key = (str(path), sha256_file(path))
+    key = (str(path), catalog_digest(path))
     if key not in _LAST:
         catalog = read_catalog(path)
         _LAST.clear()
@@ -64,7 +63,7 @@ def run(cfg: Config, *, force: bool = False, parent_run_id: str | None = None) -
     if cutouts:
         key = f"{fingerprint(cutouts, catalog_path)}:{key}"
     name = "-".join(["ingest", *([cutouts.name[:24]] if cutouts else []),
-                     catalog_path.stem[:24]])
+                     catalog_stem(catalog_path)[:24]])
     spec = StageSpec("ingest", SECTIONS, fingerprint=key, name=name)
 
     def body(run_id: str) -> None:

@@ -29,6 +29,8 @@ def check_config(cfg: Config) -> str | None:
     from hyrax_mlops.stages._columns import check_label_columns
 
     model_params(cfg.model)
+    if cfg.train.export_onnx:
+        _check_exportable(cfg)
     if needs_labels(cfg.model) and not cfg.data.label_column:
         raise ConfigError(f"model '{cfg.model.name}' learns from labels: set data.label_column "
                           "to the catalog column holding each object's class (and "
@@ -39,6 +41,19 @@ def check_config(cfg: Config) -> str | None:
 
         return sha256_file(require_path(cfg, "data.labels_file", "file"))
     return None
+
+
+def _check_exportable(cfg: Config) -> None:
+    """train.export_onnx for a model the ONNX export supports (by what its class reads)."""
+    from hyrax_mlops.engine.onnx_export import require, unsupported
+    from hyrax_mlops.errors import ConfigError
+    from hyrax_mlops.models import resolve_model_class
+
+    require("onnx", "onnxscript", "onnxruntime")  # before training, not after
+    reason = unsupported(getattr(resolve_model_class(cfg.model.name), "modalities", ("image",)))
+    if reason:
+        raise ConfigError(f"train.export_onnx = true: {reason}. Fix: set "
+                          f"train.export_onnx=false for model '{cfg.model.name}'.")
 
 
 def check(cfg: Config, dataset_run_id: str) -> str | None:
@@ -177,7 +192,26 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
             model_metrics={"final_train_loss": last.train_loss,
                            "final_val_loss": last.val_loss} if last else None)
     mlflow.set_tag("hyrax.model_uri", info.model_uri)
+    if cfg.train.export_onnx:
+        _export_onnx(model, provider, run_id, dataset_run_id, info.model_uri)
     return {"model_uri": info.model_uri}
+
+
+def _export_onnx(model, provider, run_id: str, dataset_run_id: str, uri: str) -> None:
+    """train.export_onnx: the model as onnx/model.onnx of this run, checked with onnxruntime
+    against PyTorch on real objects of its dataset (a difference over the tolerance fails
+    the run)."""
+    from hyrax_mlops.engine import onnx_export
+    from hyrax_mlops.tracking import say
+
+    with tempfile.TemporaryDirectory(prefix="hyrax-onnx-") as tmp:
+        exported = onnx_export.export(
+            model, onnx_export.real_batch(provider), Path(tmp), normalizer=provider.normalizer,
+            source={"run_id": run_id, "model_uri": uri, "dataset_run": dataset_run_id})
+        onnx_export.log_export(run_id, exported)
+    say(f"train: ONNX export {onnx_export.ARTIFACT} (max |onnx - torch| = "
+        f"{exported.max_abs_diff:.2g} on {exported.info['check']['n_objects']} real objects, "
+        f"tolerance {exported.tolerance:.2g})")
 
 
 def _log_classification(model, provider, test, device) -> None:
