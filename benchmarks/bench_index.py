@@ -152,8 +152,8 @@ def main() -> None:
     report("index", args.size if not args.cells else args.cells.replace(",", "_"),
            {"cells": [f"{n}x{d}" for n, d in cells], "backends": args.backends, "k": K,
             "queries": N_QUERIES, "chroma_hnsw": "ef_construction=200 ef_search=200 M=32",
-            "lancedb": "IVF-PQ sqrt(n) partitions, dim/8 sub-vectors, nprobes=20, "
-                       "refine_factor=10",
+            "lancedb": "IVF-PQ sqrt(n) partitions, dim/4 sub-vectors, nprobes=20, "
+                       "refine_factor=5",
             "qdrant": "embedded (local mode, exact search), upserts of 10,000 points"},
            results, ratios, goals, met)
 

@@ -7,6 +7,7 @@ to a default. The resolved config is what every run logs (as a file and as flatt
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import json
@@ -318,6 +319,8 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, ge=0)
     seed: int = 42
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: mixed precision (autocast)
+    channels_last: bool = False  # stamps and convolutions in NHWC layout (faster on GPUs)
     register_as: str = ""
     export_onnx: bool = False  # also write onnx/model.onnx (checked against PyTorch)
 
@@ -370,6 +373,8 @@ class InferConfig(_Section):
     batch_size: int = Field(256, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     engine: Literal["torch", "onnx"] = "torch"  # "onnx": the train run's onnx/model.onnx
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast (torch engine)
+    channels_last: bool = False  # stamps in NHWC layout (faster convolutions on GPUs)
 
 
 class IndexConfig(_Components):
@@ -631,9 +636,17 @@ def with_overrides(cfg: Config, overrides: Mapping[str, Any] | Iterable[str] | s
     return changed.only(*cfg._view) if cfg._view else changed  # a stage's view stays one
 
 
+@functools.cache
+def _know_sections() -> None:
+    """Every section's prefix, once per process: a component section built on its own first
+    (an `IndexConfig(...)`) has already put its component classes in `_SECTION_KEYS`, so its
+    being non-empty says nothing about the sections."""
+    for cls, prefix in _section_keys().items():
+        _SECTION_KEYS.setdefault(cls, prefix)
+
+
 def validate(data: Mapping[str, Any]) -> Config:
-    if not _SECTION_KEYS:
-        _SECTION_KEYS.update(_section_keys())
+    _know_sections()
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

@@ -201,3 +201,18 @@ def test_a_component_key_left_at_the_top_of_its_section_says_where_it_moved():
         load_config(None, {"reduce.umap_n_neighbors": 1})
     with pytest.raises(ConfigError, match="Did you mean 'reduce.umap_min_dist'"):
         load_config(None, {"reduce.umap_min_dst": 0.2})
+
+
+def test_messages_name_the_full_key_even_when_a_section_was_built_on_its_own_first():
+    """A backend's config built directly (as a script or a benchmark does) before the first
+    load_config must not leave later messages without their section's prefix."""
+    import subprocess
+    import sys
+
+    code = ("from hyrax_mlops.config import IndexConfig, load_config\n"
+            "IndexConfig(backend='lancedb')\n"
+            "try:\n    load_config(None, {'index.nprobes': 7})\n"
+            "except Exception as exc:\n    print(exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "'index.nprobes' is a key of backend 'lancedb', not of 'chroma'" in out, out

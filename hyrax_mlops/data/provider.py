@@ -303,15 +303,17 @@ class DataProvider:
     def dataloader(self, split: str | None = None, *, shuffle: bool = False,
                    batch_size: int | None = None, seed: int = 0,
                    cache: bool = True, prefetch: bool = True,
-                   drop_failed: bool | None = None) -> DataLoader | _Prefetched:
+                   drop_failed: bool | None = None,
+                   pin_memory: bool = False) -> DataLoader | _Prefetched:
         """Batches of one split. A streamed dataset's batches are prepared ahead in a thread
-        unless `prefetch=False` (Ray Train wraps the DataLoader itself)."""
+        unless `prefetch=False` (Ray Train wraps the DataLoader itself); `pin_memory` for a
+        GPU, so host-to-device copies overlap compute."""
         gen = torch.Generator().manual_seed(seed)
         loader = DataLoader(
             self.torch_dataset(split, cache=cache, drop_failed=drop_failed),
             batch_size=batch_size or self.settings.batch_size,
             shuffle=shuffle, generator=gen, num_workers=self.settings.num_workers,
-            collate_fn=_collate,
+            collate_fn=_collate, pin_memory=pin_memory,
         )
         if prefetch and self.data.streamed and self.settings.stream_prefetch:
             return _Prefetched(loader, self.settings.stream_prefetch)

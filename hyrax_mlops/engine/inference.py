@@ -33,16 +33,18 @@ def embed_cutouts(model: torch.nn.Module, normalizer, x: np.ndarray
     return z.float().numpy(), None if probs is None else probs.float().numpy()
 
 
-def embed_all(model: torch.nn.Module, loader, device: str = "cpu"
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+def embed_all(model: torch.nn.Module, loader, device: str = "cpu", precision: str = "fp32",
+              channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (n, dim) embeddings in the loader's order, and (n, classes) probabilities for a
-    model that predicts (else None)."""
-    dev = resolve_device(device)
-    model.to(dev).eval()
+    model that predicts (else None); computed in `precision` (bf16/fp16 autocast)."""
+    from hyrax_mlops.engine.precision import Compute
+
+    compute = Compute(resolve_device(device), precision, channels_last)
+    compute.prepare(model).eval()
     chunks, prob_chunks = [], []
-    with torch.no_grad():
+    with compute.inference():
         for batch in tqdm(prefetch(loader), desc="infer", unit="batch", total=len(loader)):
-            z, probs = model_outputs(model, to_device(batch, dev))
+            z, probs = model_outputs(model, compute.batch(batch))
             chunks.append(z.float().cpu().numpy())
             if probs is not None:
                 prob_chunks.append(probs.float().cpu().numpy())

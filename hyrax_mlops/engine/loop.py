@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hyrax_mlops.config import TrainConfig
+from hyrax_mlops.engine.precision import Compute, compute_for
 
 
 @dataclass
@@ -111,9 +112,12 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def evaluate_all(model: torch.nn.Module, loader, device: torch.device) -> Evaluation:
+def evaluate_all(model: torch.nn.Module, loader, device: torch.device,
+                 compute: Compute | None = None) -> Evaluation:
     """Mean loss and named values per sample over a loader (all workers' shards; nan for an
-    empty one), and the predicted probabilities of a classifier with their labels."""
+    empty one), and the predicted probabilities of a classifier with their labels; in the
+    precision of `compute` (fp32 without one)."""
+    compute = compute or Compute(device)
     model.eval()
     total, n, sums = 0.0, 0, {}
     predict = getattr(model, "predict", None)
@@ -122,15 +126,17 @@ def evaluate_all(model: torch.nn.Module, loader, device: torch.device) -> Evalua
         for batch in loader:
             if "row" in batch and not len(batch["row"]):
                 continue  # every streamed cutout of it failed: nothing to evaluate
-            batch = to_device(batch, device)
+            batch = compute.batch(batch)
             size = len(next(iter(batch.values())))
-            loss, parts = split_output(model.training_step(batch))
+            with compute.autocast():
+                loss, parts = split_output(model.training_step(batch))
+                pred = predict(batch) if callable(predict) and "label" in batch else None
             total += float(loss) * size
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * size
             n += size
-            if callable(predict) and "label" in batch:
-                probs.append(predict(batch).float().cpu().numpy())
+            if pred is not None:
+                probs.append(pred.float().cpu().numpy())
                 labels.append(batch["label"].cpu().numpy())
     total, count = _sum_across_workers(total, n)
     parts = {k: _sum_across_workers(v, n)[0] / max(count, 1) for k, v in sums.items()}
@@ -172,10 +178,13 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
 
     `step(batch) -> loss` replaces `model.training_step` (a DDP wrapper under Ray Train);
     `on_state(state)` receives everything needed to continue after each epoch, and
-    `resume=state` continues from it.
+    `resume=state` continues from it. `train.precision` (bf16/fp16 autocast, fp16 with a
+    gradient scaler) and `train.channels_last` say how it computes.
     """
     device = resolve_device(cfg.device)
-    model.to(device)
+    compute = compute_for(device, cfg)
+    compute.prepare(model)
+    scaler = compute.grad_scaler()
     step = step or model.training_step
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg)
@@ -203,18 +212,21 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         for batch in train_loader:
             if "row" in batch and not len(batch["row"]) and not _distributed():
                 continue  # every streamed cutout of it failed (DDP ranks must all step)
-            batch = to_device(batch, device)
+            batch = compute.batch(batch)
             opt.zero_grad(set_to_none=True)
-            loss, parts = split_output(step(batch))
+            with compute.autocast():
+                loss, parts = split_output(step(batch))
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {float(loss.detach())} at epoch {epoch}. Fix: lower train.lr or "
                     "check the data normalisation (data.normalize)."
                 )
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.grad_clip > 0:
+                scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             if after_step is not None:
                 after_step()
             size = len(next(iter(batch.values())))
@@ -229,7 +241,7 @@ def fit(model: torch.nn.Module, train_loader, val_loader, cfg: TrainConfig,
         train_loss = total / max(seen, 1)
         extra = {f"train_{k}": _sum_across_workers(v, local_seen)[0] / max(seen, 1)
                  for k, v in sums.items()}
-        val = evaluate_all(model, val_loader, device)
+        val = evaluate_all(model, val_loader, device, compute)
         val_loss = val.loss
         extra.update({f"val_{k}": v for k, v in val.parts.items()})
         if val.probs is not None and len(val.labels):

@@ -86,25 +86,48 @@ class XdfConfig(ComponentConfig):
     min_area: int = Field(8, ge=1)  # connected pixels
 
 
+def brightest_inside(rgb: np.ndarray, m: dict[str, np.ndarray], size: int, limit: int = 0
+                     ) -> tuple[list[int], np.ndarray]:
+    """Detections whose whole `size` stamp lies inside the image, brightest first (the first
+    `limit`, 0 = all), and the inside mask of every detection."""
+    height, width, _ = rgb.shape
+    half = size // 2
+    xi, yi = np.round(m["x"]).astype(int), np.round(m["y"]).astype(int)
+    inside = (xi - half >= 0) & (xi + half <= width) & (yi - half >= 0) & (yi + half <= height)
+    order = [k for k in np.argsort(-m["flux"], kind="stable") if inside[k]]
+    return (order[:limit] if limit else order), inside
+
+
+def cut_stamp(rgb: np.ndarray, m: dict[str, np.ndarray], k: int, size: int) -> np.ndarray:
+    """Detection `k`'s (3, size, size) stamp, rows flipped to FITS order."""
+    half = size // 2
+    x0, y0 = int(round(m["x"][k])) - half, int(round(m["y"][k])) - half
+    return rgb[y0:y0 + size, x0:x0 + size, :].transpose(2, 0, 1)[:, ::-1, :]
+
+
+def xdf_stamps(size: int = 64, limit: int = 0) -> np.ndarray:
+    """float32 (n, 3, size, size): the XDF's real galaxy stamps, brightest first, in memory
+    (what the `xdf` source writes as a dataset, without a run)."""
+    rgb, _ = load_xdf_image()
+    defaults = XdfConfig()
+    m = detect(rgb, defaults.detect_threshold, defaults.min_area)
+    order, _ = brightest_inside(rgb, m, size, limit)
+    return np.stack([cut_stamp(rgb, m, k, size) for k in order]).astype(np.float32)
+
+
 @SOURCES.register("xdf")
 def fetch_xdf(cfg: DownloadConfig, out_dir: Path, ctx: object = None) -> dict[str, Any]:
     """Detect, measure and cut the XDF galaxies whose whole stamp lies inside the image."""
     rgb, sha = load_xdf_image()
-    height, width, _ = rgb.shape
-    size, half = cfg.stamp_size, cfg.stamp_size // 2
+    size = cfg.stamp_size
     own = cfg.xdf  # [download.xdf]
     m = detect(rgb, own.detect_threshold, own.min_area)
-    xi, yi = np.round(m["x"]).astype(int), np.round(m["y"]).astype(int)
-    inside = (xi - half >= 0) & (xi + half <= width) & (yi - half >= 0) & (yi + half <= height)
-    order = [k for k in np.argsort(-m["flux"], kind="stable") if inside[k]]
-    if cfg.limit:
-        order = order[: cfg.limit]
+    order, inside = brightest_inside(rgb, m, size, cfg.limit)
 
     colour = colour_class(m["flux_r"], m["flux_b"])
     writer = DatasetWriter(out_dir, (3, size, size), BANDS, cfg.shard_size)
     for n, k in enumerate(order, start=1):
-        x0, y0 = xi[k] - half, yi[k] - half
-        stamp = rgb[y0:y0 + size, x0:x0 + size, :].transpose(2, 0, 1)[:, ::-1, :]
+        stamp = cut_stamp(rgb, m, k, size)
         row = {"object_id": f"XDF{n:05d}", "ra": np.nan, "dec": np.nan}
         row.update({key: float(v[k]) for key, v in m.items()})
         row["npix"], row["sep_flag"] = int(m["npix"][k]), int(m["sep_flag"][k])

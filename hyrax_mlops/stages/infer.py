@@ -145,9 +145,13 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig) -> dict
 
         emb, probs = embed_on_ray(cfg, uri, provider, tracking_uri())
     else:
+        from hyrax_mlops.engine.loop import resolve_device
+
+        pin = resolve_device(cfg.infer.device).type == "cuda"
         emb, probs = embed_all(loaded.model,
-                        provider.dataloader(None, batch_size=cfg.infer.batch_size, cache=False),
-                        cfg.infer.device)
+                               provider.dataloader(None, batch_size=cfg.infer.batch_size,
+                                                   cache=False, pin_memory=pin),
+                               cfg.infer.device, cfg.infer.precision, cfg.infer.channels_last)
     ids = provider.catalog["object_id"].astype(str).to_numpy()
     if provider.data.streamed:  # a cutout that could not be fetched has no embedding
         failed = provider.data.stream.failed_objects

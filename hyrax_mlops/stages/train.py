@@ -131,8 +131,10 @@ def _train(cfg: Config, dataset_run_id: str, run_id: str,
     mlflow.log_params({"n_parameters": sum(p.numel() for p in model.parameters()),
                        "input_shape": list(provider.input_shape),
                        **{f"n_{s}": n for s, n in sizes.items()}})
-    train_loader = provider.dataloader("train", shuffle=True, seed=cfg.train.seed)
-    val_loader = provider.dataloader("val")
+    pin = resolve_device(cfg.train.device).type == "cuda"  # GPU copies overlap compute
+    train_loader = provider.dataloader("train", shuffle=True, seed=cfg.train.seed,
+                                       pin_memory=pin)
+    val_loader = provider.dataloader("val", pin_memory=pin)
 
     def on_epoch(s) -> None:
         mlflow.log_metrics({"train_loss": s.train_loss, "val_loss": s.val_loss, "lr": s.lr,
