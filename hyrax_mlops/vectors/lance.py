@@ -3,7 +3,7 @@ an IVF-PQ index, for collections larger than one machine's RAM.
 
 Below `index.ivf_min_rows` rows the table is searched exhaustively (exact, and fast at that
 size); above it an IVF-PQ index is trained, and queries re-rank `refine_factor * k` candidates
-with the full vectors (at least 100 of them) so recall stays high. Requires the `lancedb` extra.
+with the full vectors (at least 50 of them) so recall stays high. Requires the `lancedb` extra.
 """
 
 from __future__ import annotations
