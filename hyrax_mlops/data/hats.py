@@ -55,7 +55,7 @@ class HatsCatalog:
         for key in ("cone", "box"):
             value = getattr(self, key)
             if value:
-                parts.append(f"{key}=" + ",".join(f"{v:g}" for v in value))
+                parts.append(f"{key}=" + ",".join(repr(v) for v in value))  # exact
         return self.location + ("?" + "&".join(parts) if parts else "")
 
 
@@ -172,7 +172,9 @@ def read(cat: HatsCatalog, id_column: str | None = None):
         raise
     except Exception as exc:
         raise DataError(f"HATS catalog '{cat}' cannot be read ({type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:200]}).") from None
+                        f"{' '.join(str(exc).split())[:200]}). Fix: point to a complete HATS "
+                        "catalog (hats.properties, partition_info.csv and every partition "
+                        "under dataset/), e.g. one written by hats-import.") from None
     frame = pd.DataFrame(frame).reset_index(drop=True)
     return pa.Table.from_pandas(frame, preserve_index=False)
 

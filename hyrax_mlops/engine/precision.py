@@ -72,5 +72,4 @@ class Compute:
 
 def compute_for(device: torch.device, section) -> Compute:
     """The `Compute` a config section (`TrainConfig`, `InferConfig`) asks for on `device`."""
-    return Compute(device, getattr(section, "precision", "fp32"),
-                   bool(getattr(section, "channels_last", False)))
+    return Compute(device, section.precision, section.channels_last)

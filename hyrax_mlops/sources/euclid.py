@@ -22,7 +22,6 @@ from hyrax_mlops.downloader.journal import Journal
 from hyrax_mlops.downloader.staging import CutoutStore, TooSmall, item_key, read_layers
 from hyrax_mlops.errors import ConfigError
 from hyrax_mlops.sources import SOURCES
-from hyrax_mlops.sources.rubin import _query_error, _votable
 from hyrax_mlops.sources.survey import (
     SURVEYS,
     DownloadContext,
@@ -30,6 +29,7 @@ from hyrax_mlops.sources.survey import (
     Target,
     survey_entry,
 )
+from hyrax_mlops.sources.votable import query_result
 
 # canonical name -> (instrument_name, energy_bandpassname) as IRSA's SIA rows give them
 EUCLID_BANDS = {"VIS": ("VIS", "VIS"), "NIR-Y": ("NISP", "Y"), "NIR-J": ("NISP", "J"),
@@ -92,10 +92,7 @@ class Euclid(SurveySource):
 
     def accept_locate(self, req: Request, body: bytes) -> dict[str, Any]:
         target: Target = req.context
-        vot = _votable(body)
-        error = _query_error(vot)
-        if error:
-            raise PermanentError(f"SIA query refused: {error}"[:300])
+        vot = query_result(body, "SIA")
         wanted = {band_key(b): b for b in self.bands}
         found: dict[str, tuple[float, str, str]] = {}
         for table in vot.iter_tables():

@@ -12,7 +12,6 @@ and only to the configured host.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from hyrax_mlops.config import ComponentConfig
@@ -29,25 +28,9 @@ from hyrax_mlops.sources.survey import (
     Target,
     survey_entry,
 )
+from hyrax_mlops.sources.votable import query_result, read_votable
 
 BANDS = ("u", "g", "r", "i", "z", "y")
-
-
-def _votable(body: bytes):
-    from astropy.io.votable import parse
-
-    try:
-        return parse(io.BytesIO(body), verify="ignore")
-    except Exception as exc:
-        raise InvalidResponse(f"not a VOTable: {type(exc).__name__}: {exc}"[:300]) from None
-
-
-def _query_error(vot) -> str | None:
-    for resource in vot.resources:
-        for info in resource.infos:
-            if info.name == "QUERY_STATUS" and str(info.value).upper() == "ERROR":
-                return (info.content or "query failed").strip()
-    return None
 
 
 class RubinConfig(ComponentConfig):
@@ -89,10 +72,7 @@ class Rubin(SurveySource):
 
     def accept_locate(self, req: Request, body: bytes) -> dict[str, Any]:
         target: Target = req.context
-        vot = _votable(body)
-        error = _query_error(vot)
-        if error:
-            raise PermanentError(f"ObsCore query refused: {error}"[:300])
+        vot = query_result(body, "ObsCore")
         links: dict[str, tuple[float, str]] = {}
         for table in vot.iter_tables():
             t = table.to_table()
@@ -107,7 +87,7 @@ class Rubin(SurveySource):
     # ---------------------------------------------------------------- 2. DataLink
     @staticmethod
     def accept_links(req: Request, body: bytes) -> dict[str, Any]:
-        vot = _votable(body)
+        vot = read_votable(body)
         for table in vot.iter_tables():
             t = table.to_table()
             if "error_message" in t.colnames:
