@@ -3,9 +3,17 @@ normalised stamps already in memory (compute only), and against a plain loop tha
 normalises the same shards itself, with the same model and batch size, in the same process.
 
 The whole stage counts: loading the model from MLflow, reading the dataset, writing and logging
-`embeddings.parquet`. Goal: objects/s ratio >= 0.95.
+`embeddings.parquet`. Goal: the stage at >= 0.95x the plain loop that reads the same shards
+(issue 20), at 10k (`--objects 10000`) and 50k (`--size large`); the ratio to the loop over
+tensors already in memory is reported beside it. The runs are interleaved, and the goal is
+judged on the median of each repetition's own ratio (stage and loop a few seconds apart):
+on this shared VM one quiet window can make either side's best run 10 % faster than its
+others, so a ratio of the two best runs says more about the neighbours than about the code.
+Ratios of the best runs and of the medians are reported beside it.
 
-ONNX rows beside them: the model's ONNX export (`hm.export_onnx`) run by onnxruntime over the
+A row for `infer.channels_last = true` beside them (NHWC convolutions, which oneDNN runs
+faster on a CPU too), against the stage with the default layout. ONNX rows beside them: the
+model's ONNX export (`hm.export_onnx`) run by onnxruntime over the
 same in-memory stamps at the same batch size (`plain_onnxruntime`, against `plain_pytorch`),
 and the stage with `infer.engine = "onnx"` (`hyrax_onnx`, against `hyrax`); the ratios are
 onnx/torch throughput (> 1: ONNX is faster). No goal: a figure to choose the engine by.
@@ -29,7 +37,7 @@ SIZES = {"small": 1408, "large": 50_000}
 def main() -> None:
     ap = arguments(__doc__, SIZES)
     ap.add_argument("--objects", type=int, help="override the size's object count")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     n = args.objects or SIZES[args.size]
 
@@ -85,7 +93,9 @@ def main() -> None:
             return time.perf_counter() - start
 
         plain_runs, stage_runs, shard_runs, onnx_runs, onnx_stage_runs = [], [], [], [], []
+        cl_stage_runs = []
         onnx_over = {**over, "infer.engine": "onnx"}
+        cl_over = {**over, "infer.channels_last": True}
         for _ in range(args.repeat):  # interleaved; the best of each, as this VM is noisy
             plain_runs.append(plain())
             onnx_runs.append(plain_onnx())
@@ -97,7 +107,12 @@ def main() -> None:
             onnx_run = hm.infer(None, onnx_over, train_run=train.run_id, dataset=dataset,
                                 force=True)
             onnx_stage_runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            cl_run = hm.infer(None, cl_over, train_run=train.run_id, dataset=dataset,
+                              force=True)
+            cl_stage_runs.append(time.perf_counter() - start)
         _, stage_emb = read_embeddings(run.run_id)
+        _, cl_emb = read_embeddings(cl_run.run_id)
         _, onnx_emb = read_embeddings(onnx_run.run_id)
 
     plain_s, stage_s = min(r[0] for r in plain_runs), min(stage_runs)
@@ -115,6 +130,9 @@ def main() -> None:
                                      "runs_s": [r[0] for r in onnx_runs]},
                "hyrax_onnx": {"objects_per_s": n / onnx_stage_s, "stage_s": onnx_stage_s,
                               "runs_s": onnx_stage_runs},
+               "hyrax_channels_last": {"objects_per_s": n / min(cl_stage_runs),
+                                       "stage_s": min(cl_stage_runs), "runs_s": cl_stage_runs,
+                                       "max_abs_diff": float(np.abs(cl_emb - stage_emb).max())},
                "same_embeddings": same,
                "onnx_max_abs_diff": onnx_diff, "onnx_tolerance": tolerance,
                "onnx_same_embeddings": onnx_diff <= tolerance}
@@ -122,6 +140,10 @@ def main() -> None:
               "stage_vs_plain_medians": statistics.median(r[0] for r in plain_runs)
               / statistics.median(stage_runs),
               "stage_vs_plain_from_shards": min(shard_runs) / stage_s,
+              "stage_vs_plain_from_shards_paired_median": statistics.median(
+                  p / s for p, s in zip(shard_runs, stage_runs, strict=True)),
+              "channels_last_vs_stage_paired_median": statistics.median(
+                  s / c for s, c in zip(stage_runs, cl_stage_runs, strict=True)),
               "onnx_vs_pytorch_plain": plain_s / onnx_s,
               "onnx_vs_pytorch_stage": stage_s / onnx_stage_s}
     report("infer", args.size if not args.objects else f"{n}",
@@ -130,8 +152,9 @@ def main() -> None:
             "torch_threads": torch.get_num_threads(),
             "onnxruntime": exported.info["check"]["onnxruntime"],
             "onnx_opset": exported.info["opset"]},
-           results, ratios, goals={"stage_vs_plain": ">= 0.95"},
-           met={"stage_vs_plain": ratios["stage_vs_plain"] >= 0.95})
+           results, ratios, goals={"stage_vs_plain_from_shards_paired_median": ">= 0.95"},
+           met={"stage_vs_plain_from_shards_paired_median":
+                ratios["stage_vs_plain_from_shards_paired_median"] >= 0.95})
 
 
 if __name__ == "__main__":

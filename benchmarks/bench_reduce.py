@@ -7,7 +7,9 @@ with our persistent cache.
 The references are plain umap-learn `fit_transform` and plain openTSNE `fit` on all points,
 run where they fit in the time budget (`--reference-max`, `--tsne-reference-max`, 100k).
 
-    .venv/bin/python benchmarks/bench_reduce.py [--size small|large]
+    .venv/bin/python benchmarks/bench_reduce.py [--size small|large|huge]
+
+`--size huge` is UMAP on 10,000,000 points (about 30 minutes on 2 cores; on request).
 """
 
 from __future__ import annotations
@@ -24,17 +26,25 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import arguments, peak_rss_gb, report  # noqa: E402
 
-SIZES = {"small": [10_000], "large": [10_000, 100_000, 1_000_000]}
+SIZES = {"small": [10_000], "large": [10_000, 100_000, 1_000_000], "huge": [10_000_000]}
+TSNE_MAX = 1_000_000  # t-SNE's transform is not run at 10M (the issue asks UMAP there)
 
 
 def points(n: int, dim: int = 64, seed: int = 0):
+    """n float32 points from 200 clusters, made a million at a time so that ten million cost
+    only their own 2.5 GB (the same draws as one piece up to a million)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(200, 16)).astype(np.float32)
     a = rng.normal(size=(16, dim)).astype(np.float32) / 4
-    z = centres[rng.integers(0, 200, n)] + 0.3 * rng.normal(size=(n, 16)).astype(np.float32)
-    return np.tanh(z @ a) + 0.02 * rng.normal(size=(n, dim)).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for s in range(0, n, 1_000_000):
+        m = min(1_000_000, n - s)
+        z = centres[rng.integers(0, 200, m)] + 0.3 * rng.normal(size=(m, 16)).astype(
+            np.float32)
+        out[s:s + m] = np.tanh(z @ a) + 0.02 * rng.normal(size=(m, dim)).astype(np.float32)
+    return out
 
 
 def cell(kind: str, n: int) -> dict:
@@ -103,7 +113,7 @@ def main() -> None:
             print(f"[bench] {n}: {json.dumps(results[f'hyrax_{n}'])}", flush=True)
         # t-SNE (reduce.methods = ["tsne"]): fitted on at most tsne_fit_sample points, the
         # rest placed by transform; plain openTSNE fits every point
-        for n in SIZES[args.size]:
+        for n in (n for n in SIZES[args.size] if n <= TSNE_MAX):
             results[f"tsne_hyrax_{n}"] = run_cell("hyrax-tsne", n)
             if n <= args.tsne_reference_max:
                 results[f"tsne_plain_{n}"] = run_cell("plain-tsne", n)
@@ -114,6 +124,9 @@ def main() -> None:
     big = results.get("hyrax_1000000")
     if big:
         met["1M_under_15min_8GB"] = big["seconds"] < 900 and big["peak_rss_gb"] < 8
+    huge = results.get("hyrax_10000000")
+    if huge:
+        met["10M_under_60min_12GB"] = huge["seconds"] < 3600 and huge["peak_rss_gb"] < 12
     from hyrax_mlops.config import load_config
 
     r = load_config(None, {}).reduce
@@ -122,7 +135,8 @@ def main() -> None:
             "umap_batch": r.umap_batch, "tsne_fit_sample": r.tsne_fit_sample,
             "tsne_batch": r.tsne_batch, "metric": "cosine", "n_jobs": 1},
            results, ratios,
-           goals={"cold_demo": "< 30 s in a fresh process", "1M": "< 15 min and < 8 GB"},
+           goals={"cold_demo": "< 30 s in a fresh process", "1M": "< 15 min and < 8 GB",
+                  "10M": "< 60 min and < 12 GB"},
            met=met)
 
 

@@ -121,3 +121,56 @@ def test_model_construction_errors_say_what_to_do():
         build_model(load_config().model, (3, 36, 36))
     with pytest.raises(ConfigError, match="must be a torch.nn.Module"):
         build_model(load_config(None, {"model.name": "collections:OrderedDict"}).model, (3, 8, 8))
+
+
+def test_a_pass_in_order_normalises_straight_from_the_shards(tmp_path):
+    """infer reads rows in order: a batch inside one shard is normalised from a read-only
+    view of it (no copy first), and equals what gathering the rows gives; a batch across
+    shards or out of order is gathered; the shards on disk are never written."""
+    from hyrax_mlops.data.dataset import Dataset, DatasetWriter
+    from hyrax_mlops.data.normalize import Normalizer
+    from hyrax_mlops.data.provider import _Images
+
+    stamps = np.random.default_rng(0).normal(size=(35, 3, 8, 8)).astype(np.float32) * 10
+    writer = DatasetWriter(tmp_path / "ds", (3, 8, 8), ["g", "r", "i"], 10)
+    for i, s in enumerate(stamps):
+        writer.add({"object_id": f"{i:05d}"}, s)
+    writer.close({"name": "test"}, len(stamps))
+    data = Dataset(tmp_path / "ds")
+    view = data.run_view(np.arange(10, 20))
+    assert view is not None and not view.flags.writeable
+    np.testing.assert_array_equal(view, stamps[10:20])
+    assert data.run_view(np.arange(15, 25)) is None  # crosses shards
+    assert data.run_view(np.array([3, 5])) is None and data.run_view(np.array([4, 3])) is None
+    for norm in (fit_normalizer("asinh", stamps), Normalizer("none", [], [])):
+        images = _Images(data, np.arange(len(stamps)), norm)
+        for idx in (list(range(10, 20)), list(range(15, 25)), [0, 7, 3]):
+            got = images.__getitems__(idx)["image"]
+            assert got.numpy().flags.writeable
+            np.testing.assert_allclose(got.numpy(), norm.apply(stamps[idx].copy()), rtol=1e-6)
+    np.testing.assert_array_equal(data.images(np.arange(len(stamps))), stamps)
+
+
+def test_a_model_in_a_local_store_is_read_where_it_is(demo_store, monkeypatch):
+    """Loading a model for infer reads its bundle in the store's own folder: no copy (the
+    copy was most of what loading cost), the same weights as the model MLflow serves."""
+    import mlflow
+
+    from hyrax_mlops.engine.bundle import load_bundle
+
+    result, _ = demo_store
+    uri = f"runs:/{result['train'].run_id}/model"
+    served = mlflow.pyfunc.load_model(uri)  # before downloads are refused below
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("downloaded a model that sits on a local disk")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", refuse)
+    loaded = load_bundle(uri)
+    assert loaded.run_id == result["train"].run_id
+    x = np.random.default_rng(0).normal(size=(4, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        mine = loaded.model.eval().embed(
+            {"image": torch.from_numpy(loaded.normalizer.apply(x.copy()))}).numpy()
+    theirs = np.stack(served.predict(x)["embedding"].to_list())
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)

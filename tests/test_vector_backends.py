@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
 import hyrax_mlops as hm
@@ -78,7 +79,13 @@ def test_the_index_stage_and_search_on_each_backend(backend, demo_store, tmp_pat
     assert hm.index(cfg, over, embeddings=result["infer"].run_id).reused
 
 
-def test_exact_knn_matches_a_direct_computation():
+@pytest.mark.parametrize("entries", [1 << 24, 700])
+def test_exact_knn_matches_a_direct_computation(monkeypatch, entries):
+    """Also with the vectors read in blocks of 100 rows (700 distances at a time), as ten
+    million are: the running k best merged block by block give the same answer."""
+    from hyrax_mlops.vectors import exact
+
+    monkeypatch.setattr(exact, "_ENTRIES", entries)
     x, q = clustered(500, 8, seed=1), clustered(7, 8, seed=2)
     for metric in ("cosine", "l2", "ip"):
         idx, dist = exact_knn(x, q, 5, metric, chunk=64)
@@ -110,12 +117,17 @@ def test_lancedb_takes_a_large_upsert_in_chunks_with_gaps_in_the_metadata(tmp_pa
     try:
         index = cls.open(cfg, "chunks", create=True)
         index.upsert(ids, x, meta)
+        # a new table: its first chunk, then the rest in one commit (not one per chunk)
+        assert len(index._table.list_versions()) == 2
+        assert index.query(x[[249]], 1)[0][0][0] == "ID249"
         index.upsert(ids[:150], x[:150], meta[:150])  # again, matched not duplicated
+        index.upsert(["NEW"], -x[[7]], [{"flux": -1.0}])  # queries see rows added later
+        assert index.query(-x[[7]], 1)[0][0][0] == "NEW"
     finally:
         lance._CHUNK = old
-    assert index.count() == 250
+    assert index.count() == 251
     table = index._table.to_arrow()
-    assert table.column("z").null_count == 150 and table.schema.field("z").type == "double"
+    assert table.column("z").null_count == 151 and table.schema.field("z").type == "double"
     np.testing.assert_allclose(index.get_vectors(["ID249"]), x[[249]])
 
 
@@ -278,3 +290,18 @@ def test_an_unreachable_index_is_an_error_a_deleted_one_is_rebuilt(demo_sandbox,
     with pytest.raises(IndexUnreachable, match=rf"cannot reach the chroma index at {url}"):
         hm.index(cfg, over, embeddings=infer_id)
     assert len(_runs_of("index")) == n_runs  # nothing was rebuilt
+
+
+def test_catalog_rows_reach_a_backend_a_chunk_at_a_time():
+    """The index stage hands backends its catalog rows as a sequence made a slice at a time;
+    the dicts are what `to_dict("records")` gives, ids as text."""
+    from hyrax_mlops.vectors.base import FrameRecords
+
+    frame = pd.DataFrame({"object_id": ["00042", "36411448540270969", "7"],
+                          "flux": [1.5, np.nan, 3.0]})
+    rows = FrameRecords(frame)
+    assert len(rows) == 3 and rows
+    part = rows[1:3]
+    assert [r["object_id"] for r in part] == ["36411448540270969", "7"]
+    assert np.isnan(part[0]["flux"]) and part[1]["flux"] == 3.0
+    assert rows[0] == {"object_id": "00042", "flux": 1.5}

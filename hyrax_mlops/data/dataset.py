@@ -190,6 +190,21 @@ class Dataset:
             return None
         return WCS(fits.Header.fromstring(match.iloc[0]))
 
+    def run_view(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stamps of `rows` as a read-only view of one shard when they are a run of
+        consecutive rows inside it (a single pass in order), else None: a reader that makes
+        its own output from them (normalising) then skips copying them first."""
+        if self.streamed or not len(rows) or not self.shape:
+            return None
+        first, last = int(rows[0]), int(rows[-1])
+        shard = first // self._shard_size
+        if last - first != len(rows) - 1 or last // self._shard_size != shard:
+            return None
+        if not np.array_equal(rows, np.arange(first, last + 1)):
+            return None
+        start = first % self._shard_size
+        return self._shards[shard][start:start + len(rows)]
+
     def images(self, rows: np.ndarray | list[int]) -> np.ndarray:
         """float32 (len(rows), bands, h, w), gathered across shards in the order asked."""
         rows = np.asarray(rows, dtype=np.int64)

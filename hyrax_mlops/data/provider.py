@@ -51,9 +51,14 @@ class _Images(TorchDataset):
         if self.memory is not None:
             batch["image"] = self.memory[rows]
         elif self.data.shape:  # a catalog-only dataset has no pixels
-            if x is None:
-                x = self.data.images(rows.numpy())
-            batch["image"] = torch.from_numpy(self.norm.apply(x, inplace=True))
+            view = self.data.run_view(rows.numpy()) if x is None else None
+            if view is not None:  # normalised straight from the shard: no copy first
+                z = self.norm.apply(view)
+                batch["image"] = torch.from_numpy(z if z.flags.writeable else np.array(z))
+            else:
+                if x is None:
+                    x = self.data.images(rows.numpy())
+                batch["image"] = torch.from_numpy(self.norm.apply(x, inplace=True))
         if self.tabular is not None:
             batch["tabular"], batch["tabular_mask"] = (t[rows] for t in self.tabular)
         for key, values in self.series.items():  # lightcurve(_mask), spectrum(_mask)

@@ -46,13 +46,18 @@ class LoadedModel:
     uri: str
 
 
-def load_bundle(uri: str) -> LoadedModel:
-    """Rebuild a hyrax model from `runs:/…`, `models:/…` (name/version/alias or m-id)."""
+def load_bundle(uri: str, info=None) -> LoadedModel:
+    """Rebuild a hyrax model from `runs:/…`, `models:/…` (name/version/alias or m-id).
+
+    `info`: the uri's `ModelInfo` when the caller has already asked the store for it. A model
+    whose artifacts sit on a local disk is read where it is, not copied first: a logged model
+    never changes, and the copy was most of what loading it cost."""
     import mlflow
 
     try:
-        info = mlflow.models.get_model_info(uri)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        info = info or mlflow.models.get_model_info(uri)
+        local = _local_model(info) or Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except Exception as exc:
         raise LineageError(f"cannot load model '{uri}': {exc}") from None
     extra = next((d for d in (local / "artifacts" / "bundle", local / "extra_files")
@@ -64,6 +69,20 @@ def load_bundle(uri: str) -> LoadedModel:
         )
     model, norm, spec = read_bundle(extra)
     return LoadedModel(model, norm, spec, info.run_id, uri)
+
+
+def _local_model(info) -> Path | None:
+    """The logged model's folder when its artifact store is a local directory, else None."""
+    from urllib.parse import unquote, urlparse
+
+    import mlflow
+
+    model_id = getattr(info, "model_id", None)
+    if not model_id:
+        return None
+    parsed = urlparse(mlflow.get_logged_model(model_id).artifact_location)
+    folder = Path(unquote(parsed.path))
+    return folder if parsed.scheme in ("", "file") and (folder / "MLmodel").is_file() else None
 
 
 def read_bundle(folder: Path) -> tuple[torch.nn.Module, Normalizer, dict[str, Any]]:

@@ -48,8 +48,9 @@ def embed_all(model: torch.nn.Module, loader, device: str = "cpu", precision: st
             chunks.append(z.float().cpu().numpy())
             if probs is not None:
                 prob_chunks.append(probs.float().cpu().numpy())
-    emb = np.concatenate(chunks).astype(np.float32)
-    return emb, (np.concatenate(prob_chunks).astype(np.float32) if prob_chunks else None)
+    emb = np.concatenate(chunks).astype(np.float32, copy=False)  # no second copy of them all
+    return emb, (np.concatenate(prob_chunks).astype(np.float32, copy=False)
+                 if prob_chunks else None)
 
 
 def can_reconstruct(model: torch.nn.Module) -> bool:

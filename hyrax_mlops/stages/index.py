@@ -21,6 +21,7 @@ from hyrax_mlops.tracking import (
     run_stage,
 )
 from hyrax_mlops.vectors import VECTOR_BACKENDS, collection_name, legacy_collection_name
+from hyrax_mlops.vectors.base import FrameRecords
 
 SECTIONS = ("index",)
 TAG_LOCATION = "hyrax.index.location"
@@ -113,7 +114,7 @@ def recorded_collection(run) -> str:
         run.data.tags.get("hyrax.input.embeddings", ""))
 
 
-def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
+def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> FrameRecords:
     from hyrax_mlops.data.dataset import ARTIFACT_DIR, Dataset
     from hyrax_mlops.tracking import ArtifactCache
 
@@ -124,7 +125,7 @@ def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> list[dict]:
         raise ConfigError(f"index.metadata_columns names columns not in the catalog: "
                           f"{', '.join(unknown)} (catalog has: {', '.join(catalog.columns)})")
     rows = catalog.set_index("object_id", drop=False)[cols].loc[ids]
-    return rows.to_dict("records")
+    return FrameRecords(rows.reset_index(drop=True))
 
 
 def exact_recall(vectors: np.ndarray, found: list[list[str]], ids: np.ndarray, queries: np.ndarray,

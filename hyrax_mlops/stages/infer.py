@@ -59,7 +59,7 @@ def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None
                                                         else ""))
 
     def body(run_id: str) -> dict[str, str]:
-        return _infer(cfg, uri, dataset, reading_settings(source_run))
+        return _infer(cfg, uri, dataset, reading_settings(source_run), info)
 
     return run_stage(spec, cfg, body, force=force, parent_run_id=parent_run_id)
 
@@ -114,7 +114,8 @@ def how_embedded(infer_run) -> tuple[DataConfig, InferConfig]:
             made_with.infer if made_with is not None else InferConfig())
 
 
-def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig) -> dict[str, str]:
+def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
+           info=None) -> dict[str, str]:
     import mlflow
     import numpy as np
     import pyarrow as pa
@@ -125,7 +126,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig) -> dict
     from hyrax_mlops.engine.inference import embed_all
     from hyrax_mlops.errors import DataError
 
-    loaded = load_bundle(uri)
+    loaded = load_bundle(uri, info)
     provider = DataProvider(dataset_run_id, data, normalizer=loaded.normalizer,
                             cache=ArtifactCache.of(cfg))
     if list(provider.input_shape) != list(loaded.spec["input_shape"]):

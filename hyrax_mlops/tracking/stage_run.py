@@ -71,10 +71,15 @@ def run_stage(
                          launcher=launcher)
 
 
-def _finished(result: StageRun, client=None) -> StageRun:
-    """The run's name and summary lines, read back from the store."""
+def _finished(result: StageRun, client=None, name: str | None = None) -> StageRun:
+    """The run's name (read back from the store unless this process just named it) and its
+    summary lines."""
     from hyrax_mlops.summaries import summarize
 
+    if name is not None:
+        result.name = name
+        result.summary = summarize(result.stage, result.run_id)
+        return result
     try:
         if client is None:
             from mlflow.tracking import MlflowClient
@@ -162,7 +167,8 @@ def _open_run(spec: StageSpec, cfg: Config, body, tags: dict[str, str], client,
             mlflow.set_tag(TAG_ERROR, redact(f"{type(exc).__name__}: {exc}")[:4000])
             mlflow.end_run(status="FAILED")
             raise
-    return _finished(StageRun(spec.stage, run_id, reused=False, outputs=outputs), client)
+    return _finished(StageRun(spec.stage, run_id, reused=False, outputs=outputs), client,
+                     None if resume_run_id else name)
 
 
 def interrupted_run(run_id: str, stage: str):
@@ -195,13 +201,21 @@ def interrupted_run(run_id: str, stage: str):
 
 def config_of(run_id: str) -> Config | None:
     """The config a run was made with (its logged config.toml; a stage logs the sections it
-    reads, the others are defaults), or None when it logged none."""
+    reads, the others are defaults), or None when it logged none. Read in place from a local
+    store; downloaded from any other."""
     import tempfile
 
     import mlflow
 
     from hyrax_mlops.config import load_config
+    from hyrax_mlops.tracking.artifacts import local_artifact
 
+    try:
+        local = local_artifact(run_id, CONFIG_ARTIFACT)
+    except Exception:  # noqa: BLE001 - no such run: the same answer as no config
+        return None
+    if local is not None:
+        return load_config(local)
     with tempfile.TemporaryDirectory(prefix="hyrax-config-") as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id,

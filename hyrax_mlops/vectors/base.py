@@ -19,6 +19,22 @@ from hyrax_mlops.errors import HyraxError, LineageError
 from hyrax_mlops.redact import redact
 
 
+class FrameRecords(Sequence):
+    """A table's rows as metadata dicts, made a slice at a time as a backend upserts its
+    chunks: ten million rows are never ten million dicts at once (3 GB and a minute)."""
+
+    def __init__(self, frame) -> None:
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.frame.iloc[i].to_dict("records")
+        return self.frame.iloc[[i]].to_dict("records")[0]
+
+
 class CollectionNotFound(LineageError, KeyError):
     """The backend answered: no such collection (deleted, or never made)."""
 

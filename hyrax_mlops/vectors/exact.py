@@ -1,39 +1,53 @@
 """Exact k-nearest neighbours in numpy, the reference every index is measured against.
 
 Distances follow the backends' conventions: cosine `1 - cos`, l2 squared euclidean,
-ip `1 - dot`. Chunked over queries so a million vectors fit in memory.
+ip `1 - dot`. The vectors are read in blocks, each converted to float64 once for every
+query, and the running k best are merged block by block: memory stays at one block (not a
+float64 copy of all vectors per query chunk), so ten million vectors fit.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+_ENTRIES = 1 << 24  # distances computed at once (queries x block rows): 128 MB of float64
+
+
+def _normalised(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.float64)
+    return v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+
 
 def exact_knn(x: np.ndarray, q: np.ndarray, k: int, metric: str = "cosine",
               chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, distances), each (len(q), k), nearest first; ties broken by index."""
-    x = np.asarray(x, np.float32)
-    q = np.asarray(q, np.float32)
-    k = min(k, len(x))
-    if metric == "cosine":
-        x = x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
-        q = q / np.linalg.norm(q, axis=1, keepdims=True).clip(1e-12)
-    elif metric not in ("l2", "ip"):
+    """(indices, distances), each (len(q), k), nearest first; ties broken by index.
+    `chunk` queries are compared at a time."""
+    if metric not in ("cosine", "l2", "ip"):
         raise ValueError(f"unknown metric '{metric}'; choose cosine, l2 or ip")
-    x_sq = (x.astype(np.float64) ** 2).sum(1) if metric == "l2" else None
-    out_i = np.empty((len(q), k), np.int64)
-    out_d = np.empty((len(q), k), np.float64)
-    for s in range(0, len(q), chunk):
-        qc = q[s:s + chunk]
-        dot = qc.astype(np.float64) @ x.T.astype(np.float64)
-        if metric == "l2":
-            dist = (qc.astype(np.float64) ** 2).sum(1)[:, None] - 2 * dot + x_sq[None]
-        else:
-            dist = 1.0 - dot
-        part = np.argpartition(dist, k - 1, axis=1)[:, :k] if k < len(x) else \
-            np.tile(np.arange(len(x)), (len(qc), 1))
-        d = np.take_along_axis(dist, part, 1)
-        order = np.lexsort((part, d), axis=1)
-        out_i[s:s + chunk] = np.take_along_axis(part, order, 1)
-        out_d[s:s + chunk] = np.take_along_axis(d, order, 1)
-    return out_i, out_d
+    q = np.asarray(q, np.float64)
+    q = _normalised(q) if metric == "cosine" else q
+    k = min(k, len(x))
+    best_i = np.zeros((len(q), 0), np.int64)
+    best_d = np.zeros((len(q), 0), np.float64)
+    block = max(k, _ENTRIES // max(1, min(chunk, len(q))))
+    for b in range(0, len(x), block):
+        xb = np.asarray(x[b:b + block])
+        xb = _normalised(xb) if metric == "cosine" else xb.astype(np.float64)
+        xb_sq = (xb ** 2).sum(1) if metric == "l2" else None
+        parts_i, parts_d = [], []
+        for s in range(0, len(q), chunk):
+            qc = q[s:s + chunk]
+            dot = qc @ xb.T
+            dist = (qc ** 2).sum(1)[:, None] - 2 * dot + xb_sq[None] if metric == "l2" \
+                else 1.0 - dot
+            kb = min(k, len(xb))
+            part = np.argpartition(dist, kb - 1, axis=1)[:, :kb] if kb < len(xb) else \
+                np.tile(np.arange(len(xb)), (len(qc), 1))
+            parts_i.append(part + b)
+            parts_d.append(np.take_along_axis(dist, part, 1))
+        cand_i = np.concatenate([best_i, np.concatenate(parts_i)], axis=1)
+        cand_d = np.concatenate([best_d, np.concatenate(parts_d)], axis=1)
+        order = np.lexsort((cand_i, cand_d), axis=1)[:, :k]
+        best_i = np.take_along_axis(cand_i, order, 1)
+        best_d = np.take_along_axis(cand_d, order, 1)
+    return best_i, best_d

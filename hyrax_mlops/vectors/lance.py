@@ -8,7 +8,10 @@ with the full vectors (at least 50 of them) so recall stays high. Requires the `
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,8 @@ class LanceIndex(VectorIndex):
     def __init__(self, db, name: str, location: dict[str, Any], settings: dict[str, Any]) -> None:
         self._db, self._name, self._location, self._settings = db, name, location, settings
         self._table = db.open_table(name) if name in self._tables() else None
+        self._reader = None  # (event loop, async table) for queries, opened on the first one
+        self._reader_lock = threading.Lock()
         # asked once per opening, not per query (list_indices costs as much as a search)
         self._indexed = self._table is not None and bool(self._table.list_indices())
 
@@ -136,19 +141,27 @@ class LanceIndex(VectorIndex):
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                metadatas: Sequence[dict[str, Any]] | None = None) -> None:
-        new_table = self._table is None  # then its ids need no matching against old rows
-        for s in range(0, len(ids), _CHUNK):  # Arrow copies stay one chunk in size
-            data = self._arrow(ids[s:s + _CHUNK], vectors[s:s + _CHUNK],
-                               metadatas[s:s + _CHUNK] if metadatas else None)
-            if self._table is None:
-                self._table = self._db.create_table(self._name, data=data)
-                continue
-            data = _conform(data, self._table.schema)
-            if new_table:
-                self._table.add(data)
-            else:
+        """Add or update rows, 100k at a time (Arrow copies stay one chunk in size). A new
+        table is written in one commit after its first chunk: ten million rows make about ten
+        files of a million, not a hundred files and versions that every query must open."""
+        if not len(ids):
+            return
+        chunks = (self._arrow(ids[s:s + _CHUNK], vectors[s:s + _CHUNK],
+                              metadatas[s:s + _CHUNK] if metadatas else None)
+                  for s in range(0, len(ids), _CHUNK))
+        self._drop_reader()  # the query side reopens at the new version
+        if self._table is None:  # its ids need no matching against old rows
+            import pyarrow as pa
+
+            self._table = self._db.create_table(self._name, data=next(chunks))
+            if len(ids) > _CHUNK:
+                schema = self._table.schema
+                self._table.add(pa.RecordBatchReader.from_batches(
+                    schema, (b for c in chunks for b in _conform(c, schema).to_batches())))
+        else:
+            for data in chunks:
                 (self._table.merge_insert("id").when_matched_update_all()
-                 .when_not_matched_insert_all().execute(data))
+                 .when_not_matched_insert_all().execute(_conform(data, self._table.schema)))
         self._maybe_build_index()
 
     @staticmethod
@@ -194,20 +207,48 @@ class LanceIndex(VectorIndex):
         self._indexed = True
 
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
+        """k nearest of each vector, through LanceDB's async API on an event loop of this
+        index's own: the sync API hands every query to a background loop's thread and back,
+        which was a third of a query's time at 1M x 64 (8.1 ms -> 5.2 ms)."""
         if self._table is None:
             return [[] for _ in vectors]
-        s, out = self._settings, []
-        indexed = self._indexed
-        for v in np.asarray(vectors, np.float32):
-            q = (self._table.search(v, vector_column_name="vector")
-                 .distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"]))
-            if indexed:
-                refine = max(s["refine_factor"], math.ceil(_MIN_CANDIDATES / max(k, 1)))
-                q = q.nprobes(s["nprobes"]).refine_factor(refine)
-            res = q.to_arrow()
-            out.append(list(zip(res.column("id").to_pylist(),
-                                map(float, res.column("_distance").to_pylist()), strict=True)))
-        return out
+        s = self._settings
+        refine = max(s["refine_factor"], math.ceil(_MIN_CANDIDATES / max(k, 1)))
+        with self._reader_lock:  # one loop: queries from several threads take turns
+            loop, table = self._open_reader()
+
+            async def one(v: np.ndarray):
+                q = (table.query().nearest_to(v).column("vector")
+                     .distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"]))
+                if self._indexed:
+                    q = q.nprobes(s["nprobes"]).refine_factor(refine)
+                return await q.to_arrow()
+
+            async def all_of(vs: np.ndarray):
+                return await asyncio.gather(*(one(v) for v in vs))
+
+            results = loop.run_until_complete(all_of(np.asarray(vectors, np.float32)))
+        return [list(zip(r.column("id").to_pylist(),
+                         map(float, r.column("_distance").to_pylist()), strict=True))
+                for r in results]
+
+    def _open_reader(self):
+        """This index's event loop and its table opened through the async API (again after
+        an upsert, so queries see the new rows)."""
+        if self._reader is None:
+            import lancedb
+
+            loop = asyncio.new_event_loop()
+            weakref.finalize(self, loop.close)
+            db = loop.run_until_complete(lancedb.connect_async(self._location["uri"]))
+            self._reader = (loop, loop.run_until_complete(db.open_table(self._name)))
+        return self._reader
+
+    def _drop_reader(self) -> None:
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader[0].close()
+                self._reader = None
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         ids = [str(i) for i in ids]
