@@ -167,5 +167,6 @@ def arguments(doc: str, sizes: dict[str, Any]):
 
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--size", choices=sizes, default="small",
-                    help="small (make bench) or large (survey scale)")
+                    help="small (make bench), large (survey scale) or, where a benchmark has "
+                         "it, huge (10M rows, on request)")
     return ap
