@@ -305,3 +305,23 @@ def test_catalog_rows_reach_a_backend_a_chunk_at_a_time():
     assert [r["object_id"] for r in part] == ["36411448540270969", "7"]
     assert np.isnan(part[0]["flux"]) and part[1]["flux"] == 3.0
     assert rows[0] == {"object_id": "00042", "flux": 1.5}
+
+
+def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):
+    """A notebook cell runs inside ipykernel's event loop: a LanceDB query made there (the
+    async API on the index's own loop cannot run inside another) gives the same answer."""
+    import asyncio
+
+    cls = VECTOR_BACKENDS.get("lancedb")
+    index = cls.open(IndexConfig(backend="lancedb", path=str(tmp_path / "lance")), "loop",
+                     create=True)
+    x = clustered(200, 8)
+    index.upsert([f"{i:05d}" for i in range(len(x))], x)
+    outside = index.query(x[[3, 42]], 3)
+
+    async def cell():
+        return index.query(x[[3, 42]], 3)
+
+    inside = asyncio.run(cell())
+    assert [[i for i, _ in hits] for hits in inside] == [[i for i, _ in hits] for hits in outside]
+    assert inside[0][0][0] == "00003" and inside[1][0][0] == "00042"
