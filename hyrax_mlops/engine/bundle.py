@@ -73,16 +73,15 @@ def load_bundle(uri: str, info=None) -> LoadedModel:
 
 def _local_model(info) -> Path | None:
     """The logged model's folder when its artifact store is a local directory, else None."""
-    from urllib.parse import unquote, urlparse
-
     import mlflow
+
+    from hyrax_mlops.tracking.artifacts import local_path
 
     model_id = getattr(info, "model_id", None)
     if not model_id:
         return None
-    parsed = urlparse(mlflow.get_logged_model(model_id).artifact_location)
-    folder = Path(unquote(parsed.path))
-    return folder if parsed.scheme in ("", "file") and (folder / "MLmodel").is_file() else None
+    found = local_path(mlflow.get_logged_model(model_id).artifact_location, "MLmodel")
+    return found.parent if found else None
 
 
 def read_bundle(folder: Path) -> tuple[torch.nn.Module, Normalizer, dict[str, Any]]:

@@ -23,17 +23,23 @@ def _artifact_uri(store: str, run_id: str) -> str:
     return mlflow.get_run(run_id).info.artifact_uri
 
 
-def local_artifact(run_id: str, path: str) -> Path | None:
-    """The artifact's own path when the run's artifact store is a local directory."""
+def local_path(uri: str, path: str = "") -> Path | None:
+    """`path` under an artifact location when that location is a local directory and the
+    path exists there, else None (an object store, a server)."""
     from urllib.parse import unquote, urlparse
 
-    import mlflow
-
-    parsed = urlparse(_artifact_uri(mlflow.get_tracking_uri(), run_id))
+    parsed = urlparse(uri)
     if parsed.scheme not in ("", "file"):
         return None
     target = Path(unquote(parsed.path)) / path
     return target if target.exists() else None
+
+
+def local_artifact(run_id: str, path: str) -> Path | None:
+    """The artifact's own path when the run's artifact store is a local directory."""
+    import mlflow
+
+    return local_path(_artifact_uri(mlflow.get_tracking_uri(), run_id), path)
 
 
 @dataclass(frozen=True)

@@ -76,18 +76,16 @@ def _finished(result: StageRun, client=None, name: str | None = None) -> StageRu
     summary lines."""
     from hyrax_mlops.summaries import summarize
 
-    if name is not None:
-        result.name = name
-        result.summary = summarize(result.stage, result.run_id)
-        return result
-    try:
-        if client is None:
-            from mlflow.tracking import MlflowClient
+    if name is None:
+        try:
+            if client is None:
+                from mlflow.tracking import MlflowClient
 
-            client = MlflowClient()
-        result.name = client.get_run(result.run_id).info.run_name or ""
-    except Exception:  # noqa: BLE001 - a name to show, never a reason to fail
-        pass
+                client = MlflowClient()
+            name = client.get_run(result.run_id).info.run_name
+        except Exception:  # noqa: BLE001 - a name to show, never a reason to fail
+            pass
+    result.name = name or ""
     result.summary = summarize(result.stage, result.run_id)
     return result
 

@@ -94,7 +94,8 @@ class LanceIndex(VectorIndex):
     def __init__(self, db, name: str, location: dict[str, Any], settings: dict[str, Any]) -> None:
         self._db, self._name, self._location, self._settings = db, name, location, settings
         self._table = db.open_table(name) if name in self._tables() else None
-        self._reader = None  # (event loop, async table) for queries, opened on the first one
+        self._loop: asyncio.AbstractEventLoop | None = None  # this index's, for queries
+        self._reader = None  # the table opened through the async API, on the first query
         self._reader_lock = threading.Lock()
         # asked once per opening, not per query (list_indices costs as much as a search)
         self._indexed = self._table is not None and bool(self._table.list_indices())
@@ -253,20 +254,19 @@ class LanceIndex(VectorIndex):
     def _open_reader(self):
         """This index's event loop and its table opened through the async API (again after
         an upsert, so queries see the new rows)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+            weakref.finalize(self, self._loop.close)
         if self._reader is None:
             import lancedb
 
-            loop = asyncio.new_event_loop()
-            weakref.finalize(self, loop.close)
-            db = loop.run_until_complete(lancedb.connect_async(self._location["uri"]))
-            self._reader = (loop, loop.run_until_complete(db.open_table(self._name)))
-        return self._reader
+            db = self._loop.run_until_complete(lancedb.connect_async(self._location["uri"]))
+            self._reader = self._loop.run_until_complete(db.open_table(self._name))
+        return self._loop, self._reader
 
     def _drop_reader(self) -> None:
         with self._reader_lock:
-            if self._reader is not None:
-                self._reader[0].close()
-                self._reader = None
+            self._reader = None
 
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         ids = [str(i) for i in ids]
