@@ -378,7 +378,7 @@ class InferConfig(_Section):
 
 
 class IndexConfig(_Components):
-    """Where embeddings are indexed; the backend's own keys (HNSW's, IVF-PQ's) are declared
+    """Where embeddings are indexed; the backend's own keys (HNSW's, IVF's) are declared
     by the backend (`vectors.chroma`, `vectors.lance`, `vectors.qdrant`: its `config_class`)."""
 
     _kind: ClassVar[str] = "backends"

@@ -161,7 +161,7 @@ def test_each_component_owns_its_keys_and_defaults():
     # another backend by override on a loaded config: the old one's keys do not follow it
     switched = with_overrides(load_config(None, {"index.ef_search": 50}),
                               {"index.backend": "lancedb"})
-    assert switched.index.nprobes == 20 and not hasattr(switched.index, "ef_search")
+    assert switched.index.nprobes == 10 and not hasattr(switched.index, "ef_search")
     with pytest.raises(ConfigError, match=r"config key 'analyse' \(clusters\): cluster_on = "
                                           r"\"catalog\" needs analyse.cluster_columns"):
         load_config(None, {"analyse.cluster_on": "catalog"})

@@ -24,10 +24,14 @@ def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (centres[rng.integers(0, 40, n)] + 0.3 * rng.normal(size=(n, dim))).astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(backend, tmp_path):
+@pytest.mark.parametrize(("backend", "own"), [
+    ("chroma", {}), ("qdrant", {}),
+    # an IVF index above 3000 rows: IVF-Flat (the default) or IVF-PQ
+    ("lancedb", {"ivf_min_rows": 3000}),
+    ("lancedb", {"ivf_min_rows": 3000, "index_type": "ivf_pq"})], ids=str)
+def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(backend, own,
+                                                                             tmp_path):
     cls = VECTOR_BACKENDS.get(backend)
-    own = {"ivf_min_rows": 3000} if backend == "lancedb" else {}  # IVF-PQ above 3000 rows
     cfg = IndexConfig(backend=backend, path=str(tmp_path / backend), **own)
     x = clustered(4000, 16)
     ids = [f"OBJ{i:05d}" for i in range(len(x))]
@@ -36,6 +40,8 @@ def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(bac
     index.upsert(ids[:2500], x[:2500], meta[:2500])
     index.upsert(ids[2000:], x[2000:], meta[2000:])  # 500 ids again, 1500 new: above ivf_min_rows
     assert index.count() == len(x)
+    if backend == "lancedb":  # the index type asked for was built
+        assert index._indexed == {"ivf_flat": "IvfFlat", "ivf_pq": "IvfPq"}[cfg.index_type]
 
     queries = np.arange(0, 4000, 97)
     found = index.query(x[queries], k=10)
@@ -190,12 +196,15 @@ def test_collection_names_follow_content_settings_only():
                        ("ef_search", 50)):
         assert collection_name(rid, IndexConfig(**{key: value})) != base, key
     lance = IndexConfig(backend="lancedb")
-    for key, value in (("ivf_partitions", 8), ("pq_sub_vectors", 4), ("ivf_min_rows", 10)):
+    for key, value in (("ivf_partitions", 8), ("index_type", "ivf_pq"), ("ivf_min_rows", 10)):
         assert collection_name(rid, lance.model_copy(update={key: value})) != \
             collection_name(rid, lance), key
     for key, value in (("nprobes", 5), ("refine_factor", 2)):  # query-time: same table
         assert collection_name(rid, lance.model_copy(update={key: value})) == \
             collection_name(rid, lance), key
+    pq = lance.model_copy(update={"index_type": "ivf_pq"})
+    assert collection_name(rid, pq.model_copy(update={"pq_sub_vectors": 4})) != \
+        collection_name(rid, pq)
 
 
 def _closed_port() -> int:
@@ -325,3 +334,38 @@ def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):
     inside = asyncio.run(cell())
     assert [[i for i, _ in hits] for hits in inside] == [[i for i, _ in hits] for hits in outside]
     assert inside[0][0][0] == "00003" and inside[1][0][0] == "00042"
+
+
+@pytest.mark.parametrize("in_a_loop", [False, True], ids=["script", "notebook"])
+def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, tmp_path,
+                                                                    monkeypatch):
+    """Query vectors go to LanceDB many per call; each still gets its own k nearest, in
+    order, across batch boundaries (here 7 per call), as when asked one at a time."""
+    import asyncio
+
+    from hyrax_mlops.vectors import lance
+
+    index = VECTOR_BACKENDS.get("lancedb").open(
+        IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), ivf_min_rows=300),
+        "batches", create=True)
+    x = clustered(600, 8)
+    index.upsert([f"{i:05d}" for i in range(len(x))], x)
+    assert index._indexed == "IvfFlat"
+    rows = [5, 599, 0, 17, 300, 301, 5, 42, 43, 44, 45, 46, 47, 48, 49, 50]  # 16: 7 + 7 + 2
+    monkeypatch.setattr(lance, "_QUERY_BATCH", 7)
+
+    def ask(vectors):
+        if not in_a_loop:
+            return index.query(vectors, 4)
+
+        async def cell():
+            return index.query(vectors, 4)
+        return asyncio.run(cell())
+
+    many = ask(x[rows])
+    each = [ask(x[[r]])[0] for r in rows]
+    assert len(many) == len(rows)
+    assert [[i for i, _ in h] for h in many] == [[i for i, _ in h] for h in each]
+    for r, hits in zip(rows, many, strict=True):
+        assert hits[0][0] == f"{r:05d}" and hits[0][1] == pytest.approx(0, abs=1e-5)
+        assert [d for _, d in hits] == sorted(d for _, d in hits)

@@ -20,8 +20,8 @@ from hyrax_mlops.vectors.base import CollectionNotFound, IndexUnreachable, Vecto
 if TYPE_CHECKING:
     from hyrax_mlops.config import IndexConfig
 
-# Built in: chroma (HNSW), lancedb (IVF-PQ, on disk or object storage), qdrant (embedded or a
-# server); a plugin registers more under its own name.
+# Built in: chroma (HNSW), lancedb (IVF-Flat or IVF-PQ, on disk or object storage), qdrant
+# (embedded or a server); a plugin registers more under its own name.
 VECTOR_BACKENDS: Registry[type[VectorIndex]] = Registry(
     "vector_backend", builtins=("hyrax_mlops.vectors.chroma", "hyrax_mlops.vectors.lance",
                                 "hyrax_mlops.vectors.qdrant"))

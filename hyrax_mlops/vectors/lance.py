@@ -1,9 +1,11 @@
 """LanceDB: a table on local disk or object storage (`index.url = "s3://bucket/prefix"`) with
-an IVF-PQ index, for collections larger than one machine's RAM.
+an IVF index, for collections larger than one machine's RAM (partitions are read as probed).
 
 Below `index.ivf_min_rows` rows the table is searched exhaustively (exact, and fast at that
-size); above it an IVF-PQ index is trained, and queries re-rank `refine_factor * k` candidates
-with the full vectors (at least 50 of them) so recall stays high. Requires the `lancedb` extra.
+size); above it an IVF index is trained: IVF-Flat by default (exact distances inside the
+`nprobes` partitions searched), or IVF-PQ (`index.index_type = "ivf_pq"`, a sixteenth of the
+disk), whose queries re-rank `refine_factor * k` candidates with the full vectors (at least
+50 of them) so recall stays high. Requires the `lancedb` extra.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -28,6 +30,7 @@ from hyrax_mlops.vectors.base import CollectionNotFound, VectorIndex, unreachabl
 _METRICS = {"cosine": "cosine", "l2": "l2", "ip": "dot"}
 _RESERVED = ("id", "vector")
 _CHUNK = 100_000
+_QUERY_BATCH = 256  # query vectors per LanceDB call (a batch of 10 costs ~2.5 single queries)
 # Re-rank at least this many PQ candidates with the full vectors, whatever k: with k = 1 and
 # refine_factor 10, ten candidates missed the exact nearest neighbour about 1 query in 100.
 # With dim/4 sub-vectors 50 candidates hold the 10 nearest (0.9945 at 1M x 64) at the latency
@@ -75,15 +78,21 @@ def _conform(data, schema):
 
 
 class LanceConfig(ComponentConfig):
-    """IVF-PQ's keys in `[index]` when `backend = "lancedb"`."""
+    """The IVF index's keys in `[index]` when `backend = "lancedb"`."""
 
+    # ivf_flat: at 1M x 64 recall@10 0.9995-1.0 at p50 2.3-2.9 ms, built in 12 s, the index as
+    # big as the vectors; ivf_pq (dim/4, 50 re-ranked): 0.995 at 5.1-5.9 ms, built in 38 s,
+    # the index a sixteenth of that, for vectors that would not fit twice on disk
+    index_type: Literal["ivf_flat", "ivf_pq"] = "ivf_flat"
     ivf_min_rows: int = Field(50_000, ge=1)  # exact search below this many rows
     ivf_partitions: int = Field(0, ge=0)  # 0 = sqrt(rows)
     # 0 = dim/4: at 1M x 64, 100 re-ranked candidates found 0.977 of the 10 nearest with dim/8
     # sub-vectors, 0.9945 with dim/4 from only 50 (build 38 s instead of 14 s)
-    pq_sub_vectors: int = Field(0, ge=0)
-    nprobes: int = Field(20, ge=1)  # partitions searched per query
-    refine_factor: int = Field(5, ge=1)  # re-rank refine_factor*k (at least 50) candidates
+    pq_sub_vectors: int = Field(0, ge=0)  # ivf_pq only
+    # partitions searched per query: IVF-Flat at 1M x 64 found 0.9995 of the 10 nearest with
+    # 5 of 1,000 and all of them with 10; IVF-PQ's recall did not move from 5 to 40
+    nprobes: int = Field(10, ge=1)
+    refine_factor: int = Field(5, ge=1)  # ivf_pq: re-rank refine_factor*k (>= 50) candidates
 
 
 @VECTOR_BACKENDS.register("lancedb")
@@ -97,8 +106,13 @@ class LanceIndex(VectorIndex):
         self._loop: asyncio.AbstractEventLoop | None = None  # this index's, for queries
         self._reader = None  # the table opened through the async API, on the first query
         self._reader_lock = threading.Lock()
-        # asked once per opening, not per query (list_indices costs as much as a search)
-        self._indexed = self._table is not None and bool(self._table.list_indices())
+        # asked once per opening, not per query (list_indices costs as much as a search):
+        # the vector index's type ("IvfFlat", "IvfPq", ...), None while searched exhaustively
+        self._indexed = self._index_type()
+
+    def _index_type(self) -> str | None:
+        indices = self._table.list_indices() if self._table is not None else []
+        return str(indices[0].index_type) if indices else None
 
     def _tables(self) -> list[str]:
         listed = self._db.list_tables()
@@ -108,6 +122,10 @@ class LanceIndex(VectorIndex):
     def identity(cls, cfg: IndexConfig) -> dict[str, Any]:
         # nprobes and refine_factor are not here: they are passed with every query, from the
         # location each run records, so runs differing only in them share one table.
+        if cfg.index_type == "ivf_flat":
+            return {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
+                    "ivf_partitions": cfg.ivf_partitions, "index_type": "ivf_flat"}
+        # IVF-PQ's identity is the one it had before IVF-Flat existed: its tables keep names
         auto = {"pq_auto": "dim/4"} if not cfg.pq_sub_vectors else {}  # (dim/8 before)
         return {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
                 "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors,
@@ -126,9 +144,10 @@ class LanceIndex(VectorIndex):
     @classmethod
     def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> LanceIndex:
         uri = cfg.url or str(Path(cfg.path or ".hyrax/lancedb").expanduser().resolve())
-        settings = {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
-                    "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors,
-                    "nprobes": cfg.nprobes, "refine_factor": cfg.refine_factor}
+        settings = {"metric": cfg.metric, "index_type": cfg.index_type,
+                    "ivf_min_rows": cfg.ivf_min_rows, "ivf_partitions": cfg.ivf_partitions,
+                    "pq_sub_vectors": cfg.pq_sub_vectors, "nprobes": cfg.nprobes,
+                    "refine_factor": cfg.refine_factor}
         index = cls._opened(uri, name, {"uri": uri, **settings}, settings)
         if not create and index._table is None:
             raise CollectionNotFound(f"no LanceDB table '{name}' at {redact(uri)}")
@@ -197,59 +216,86 @@ class LanceIndex(VectorIndex):
         return pa.table(columns)
 
     def _maybe_build_index(self) -> None:
-        """Train IVF-PQ once the table is big enough, and again when a tenth is unindexed."""
+        """Train the IVF index once the table is big enough, and again when a tenth of the
+        rows is unindexed."""
         s, rows = self._settings, self._table.count_rows()
         if rows < s["ivf_min_rows"]:
             return
         indices = self._table.list_indices()
-        self._indexed = bool(indices)
         if indices:
             stats = self._table.index_stats(indices[0].name)
             if stats is not None and stats.num_unindexed_rows <= rows // 10:
                 return
-        dim = self._table.schema.field("vector").type.list_size
-        sub = s["pq_sub_vectors"] or next(dim // d for d in (4, 2, 1) if dim % d == 0)
-        from lancedb.index import IvfPq
+        from lancedb.index import IvfFlat, IvfPq
 
-        self._table.create_index("vector", replace=True, config=IvfPq(
-            distance_type=_METRICS[s["metric"]], num_sub_vectors=sub,
-            num_partitions=s["ivf_partitions"] or max(1, int(math.sqrt(rows)))))
-        self._indexed = True
+        common = {"distance_type": _METRICS[s["metric"]],
+                  "num_partitions": s["ivf_partitions"] or max(1, int(math.sqrt(rows)))}
+        if s.get("index_type", "ivf_pq") == "ivf_flat":  # older locations name no type
+            config = IvfFlat(**common)
+        else:
+            dim = self._table.schema.field("vector").type.list_size
+            sub = s["pq_sub_vectors"] or next(dim // d for d in (4, 2, 1) if dim % d == 0)
+            config = IvfPq(num_sub_vectors=sub, **common)
+        self._table.create_index("vector", replace=True, config=config)
+        self._indexed = self._index_type()
 
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """k nearest of each vector, through LanceDB's async API on an event loop of this
-        index's own: the sync API hands every query to a background loop's thread and back,
-        which was a third of a query's time at 1M x 64 (8.1 ms -> 5.2 ms). Inside a running
-        event loop (a notebook cell), where another loop cannot run, through the sync API."""
+        index's own, up to 256 vectors per call: the sync API hands every query to a
+        background loop's thread and back, which was a third of a query's time at 1M x 64
+        (8.1 ms -> 5.2 ms). Inside a running event loop (a notebook cell), where another
+        loop cannot run, through the sync API."""
         if self._table is None:
             return [[] for _ in vectors]
-        s = self._settings
-        refine = max(s["refine_factor"], math.ceil(_MIN_CANDIDATES / max(k, 1)))
         vectors = np.asarray(vectors, np.float32)
+        batches = [vectors[s:s + _QUERY_BATCH] for s in range(0, len(vectors), _QUERY_BATCH)]
         if _loop_running():
-            results = [self._search(self._table.search(v, vector_column_name="vector"), k,
-                                    refine).to_arrow() for v in vectors]
+            results = [self._search(self._table.search(self._one_or_many(b),
+                                                       vector_column_name="vector"), k)
+                       .to_arrow() for b in batches]
         else:
             with self._reader_lock:  # one loop: queries from several threads take turns
                 loop, table = self._open_reader()
 
-                async def one(v: np.ndarray):
-                    return await self._search(table.query().nearest_to(v).column("vector"),
-                                              k, refine).to_arrow()
+                async def all_of():
+                    return await asyncio.gather(*(
+                        self._search(table.query().nearest_to(self._one_or_many(b))
+                                     .column("vector"), k).to_arrow() for b in batches))
 
-                async def all_of(vs: np.ndarray):
-                    return await asyncio.gather(*(one(v) for v in vs))
+                results = loop.run_until_complete(all_of())
+        found: list[list[tuple[str, float]]] = []
+        for batch, r in zip(batches, results, strict=True):
+            if len(batch) == 1:  # one vector: no query_index column
+                found.append(self._pairs(r))
+                continue
+            r = r.sort_by([("query_index", "ascending"), ("_distance", "ascending")])
+            starts = np.searchsorted(r.column("query_index").to_numpy(),
+                                     np.arange(len(batch) + 1))
+            found.extend(self._pairs(r.slice(a, b - a))
+                         for a, b in zip(starts[:-1], starts[1:], strict=True))
+        return found
 
-                results = loop.run_until_complete(all_of(vectors))
-        return [list(zip(r.column("id").to_pylist(),
-                         map(float, r.column("_distance").to_pylist()), strict=True))
-                for r in results]
+    @staticmethod
+    def _one_or_many(batch: np.ndarray):
+        """A query vector as LanceDB takes one (a 1-d array), or a list of them."""
+        return batch[0] if len(batch) == 1 else list(batch)
 
-    def _search(self, q, k: int, refine: int):
-        """A vector query (sync or async builder) with this index's metric and settings."""
+    @staticmethod
+    def _pairs(r) -> list[tuple[str, float]]:
+        return list(zip(r.column("id").to_pylist(),
+                        map(float, r.column("_distance").to_pylist()), strict=True))
+
+    def _search(self, q, k: int):
+        """A vector query (sync or async builder) with this index's metric and settings: IVF
+        queries probe `nprobes` partitions, and IVF-PQ's re-rank their candidates."""
         s = self._settings
         q = q.distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"])
-        return q.nprobes(s["nprobes"]).refine_factor(refine) if self._indexed else q
+        if not self._indexed:
+            return q
+        q = q.nprobes(s["nprobes"])
+        if self._indexed != "IvfFlat":  # exact distances already
+            q = q.refine_factor(max(s["refine_factor"], math.ceil(_MIN_CANDIDATES / max(k, 1))))
+        return q
 
     def _open_reader(self):
         """This index's event loop and its table opened through the async API (again after
