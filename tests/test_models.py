@@ -133,6 +133,14 @@ def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
     assert set(table["predicted_class"]) <= {"compact", "extended"}
     assert list(pq.read_schema(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet"))
                 .metadata[b"hyrax.classes"].decode().split(",")) == ["compact", "extended"]
+    # floats are written plain (dictionary encoding them tripled the write), class names are
+    # dictionary-encoded
+    chunks = pq.ParquetFile(ArtifactCache.of(cfg).fetch(emb.run_id, "embeddings.parquet")
+                            ).metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema.split(".")[0]: chunks.column(i).encodings
+                 for i in range(chunks.num_columns)}
+    assert not any("DICTIONARY" in e for e in encodings["embedding"] + encodings["probabilities"])
+    assert any("DICTIONARY" in e for e in encodings["predicted_class"])
 
 
 def test_a_classifier_without_labels_says_how_to_give_them(demo_store):
