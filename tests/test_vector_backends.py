@@ -337,20 +337,22 @@ def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):
 
 
 @pytest.mark.parametrize("in_a_loop", [False, True], ids=["script", "notebook"])
-def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, tmp_path,
-                                                                    monkeypatch):
+@pytest.mark.parametrize("ivf_min_rows", [300, 10**9], ids=["ivf_flat", "exhaustive"])
+def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, ivf_min_rows,
+                                                                    tmp_path, monkeypatch):
     """Query vectors go to LanceDB many per call; each still gets its own k nearest, in
-    order, across batch boundaries (here 7 per call), as when asked one at a time."""
+    order, across batch boundaries (here 7 per call), as when asked one at a time: through
+    an IVF-Flat index, and by the exhaustive scan a table below ivf_min_rows gets."""
     import asyncio
 
     from hyrax_mlops.vectors import lance
 
     index = VECTOR_BACKENDS.get("lancedb").open(
-        IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), ivf_min_rows=300),
+        IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), ivf_min_rows=ivf_min_rows),
         "batches", create=True)
     x = clustered(600, 8)
     index.upsert([f"{i:05d}" for i in range(len(x))], x)
-    assert index._indexed == "IvfFlat"
+    assert index._indexed == ("IvfFlat" if ivf_min_rows == 300 else None)
     rows = [5, 599, 0, 17, 300, 301, 5, 42, 43, 44, 45, 46, 47, 48, 49, 50]  # 16: 7 + 7 + 2
     monkeypatch.setattr(lance, "_QUERY_BATCH", 7)
 
