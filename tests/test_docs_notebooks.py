@@ -28,6 +28,12 @@ def shown(book, mime: str) -> list[str]:
             for out in cell.get("outputs", []) if mime in out.get("data", {})]
 
 
+def printed(book) -> str:
+    """Everything the notebook's cells printed (stdout and stderr)."""
+    return "".join(out.get("text", "") for cell in book.cells if cell.cell_type == "code"
+                   for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+
+
 def test_every_notebook_is_tested():
     assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(
         ["discovery.ipynb", "own_cutouts.ipynb", "multimodal_classifier.ipynb",
@@ -48,3 +54,7 @@ def test_the_discovery_loop_notebook(store):
 def test_the_notebook_runs_top_to_bottom(store, name):
     book = execute(name, store)
     assert shown(book, "text/html")  # its DataFrames, shown as tables
+    # the stages' progress bars are drawn, as text where ipywidgets is not installed, without
+    # tqdm's warning telling the user to install it
+    out = printed(book)
+    assert "100%|" in out and "IProgress not found" not in out

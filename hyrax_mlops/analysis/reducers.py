@@ -30,7 +30,7 @@ def fit_then_place(x: np.ndarray, dims: int, n_fit: int, seed: int, batch: int, 
     """(n, dims) float32: `fit(sample) -> (its coordinates, the fitted model)` on a seeded
     sample of `n_fit` rows (all of them when n_fit covers x), then the other rows placed
     into that map by `place(fitted, rows)`, `batch` rows at a time."""
-    from tqdm.auto import tqdm
+    from hyrax_mlops.progress import tqdm
 
     if n_fit >= len(x):
         return np.asarray(fit(x)[0], dtype=np.float32)

@@ -190,7 +190,8 @@ def fetch_all(requests_: Iterable[Request], accept: Callable[[Request, bytes], A
     `prepare(session)` sets up each worker's session (credentials). Returns the counts.
     """
     import requests
-    from tqdm.auto import tqdm
+
+    from hyrax_mlops.progress import tqdm
 
     policy = policy or RetryPolicy()
     stats = Stats()

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hyrax_mlops.data.prefetch import prefetch
 from hyrax_mlops.engine.loop import resolve_device, to_device
+from hyrax_mlops.progress import tqdm
 
 
 def model_outputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hyrax_mlops.config import TrainConfig
 from hyrax_mlops.engine.precision import Compute, compute_for
+from hyrax_mlops.progress import tqdm
 
 
 @dataclass

@@ -326,9 +326,8 @@ def session(run_id: str, device: str = "cpu"):
 def embed_all_onnx(sess, info: dict[str, Any], loader) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (n, dim) embeddings in the loader's order, and (n, classes) probabilities when
     the export has them (else None): `inference.embed_all`, run by onnxruntime."""
-    from tqdm.auto import tqdm
-
     from hyrax_mlops.data.prefetch import prefetch
+    from hyrax_mlops.progress import tqdm
 
     inputs = [(i["batch_key"], i["name"]) for i in info["inputs"]]
     chunks: list[list[np.ndarray]] = [[] for _ in info["outputs"]]

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from hyrax_mlops.config import IngestConfig
 from hyrax_mlops.data.catalogs import (
@@ -41,6 +40,7 @@ from hyrax_mlops.data.fits_cutouts import (
     wcs_centre,
     wcs_header_text,
 )
+from hyrax_mlops.progress import tqdm
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fits.fz")
 _SHAPE_PROBE = 50  # files read to find the most common shape when `shape` is not given

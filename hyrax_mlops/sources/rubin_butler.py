@@ -46,7 +46,8 @@ class ButlerRubin(Rubin):
     def fetch(self, pending: list[tuple[Target, str]], store: CutoutStore, journal: Journal,
               ctx: DownloadContext) -> None:
         import numpy as np
-        from tqdm.auto import tqdm
+
+        from hyrax_mlops.progress import tqdm
 
         r = self.cfg.rubin
         butler = self.Butler(r.butler_repo, collections=r.butler_collections or None)
