@@ -336,6 +336,27 @@ def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):
     assert inside[0][0][0] == "00003" and inside[1][0][0] == "00042"
 
 
+def test_lancedb_keeps_searched_partitions_in_memory_up_to_index_cache_gb(tmp_path):
+    """IVF-Flat partitions hold full vectors and stay cached as they are searched: a
+    long-lived app over millions of them bounds that memory with index.index_cache_gb (the
+    location every index run records carries it, so a reopened index keeps the bound)."""
+    x = clustered(60_000, 32)
+    ids = [str(i) for i in range(len(x))]
+    cls = VECTOR_BACKENDS.get("lancedb")
+    sizes = {}
+    for gb in (0, 1 / 1024):  # LanceDB's default (6 GB), 1 MB
+        cfg = IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), index_cache_gb=gb)
+        index = cls.open(cfg, "cache", create=True)
+        if not index.count():
+            index.upsert(ids, x)
+        index = cls.reopen(json.loads(json.dumps(index.location())), "cache")
+        assert index._indexed == "IvfFlat"
+        hits = index.query(x[:200], 5)
+        assert [h[0][0] for h in hits] == ids[:200]
+        sizes[gb] = index._session.size_bytes
+    assert sizes[0] > 4 * 2**20 and sizes[1 / 1024] < 2 * 2**20, sizes
+
+
 @pytest.mark.parametrize("in_a_loop", [False, True], ids=["script", "notebook"])
 @pytest.mark.parametrize("ivf_min_rows", [300, 10**9], ids=["ivf_flat", "exhaustive"])
 def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, ivf_min_rows,

@@ -40,13 +40,19 @@ _FIX = ("check that index.url / index.path is reachable and that the object stor
         "credentials (its usual environment variables) are valid.")
 
 
-def _connect(uri: str):
+def _connect(uri: str, settings: dict[str, Any]):
+    """A connection to `uri` and the LanceDB caches it uses (the index's async connection
+    shares them): the index cache bounded to `index_cache_gb` when set, else LanceDB's
+    default (6 GB)."""
     try:
         import lancedb
     except ImportError:
         raise ConfigError("index.backend 'lancedb' needs the lancedb package: "
                           "pip install 'hyrax-mlops[lancedb]'") from None
-    return lancedb.connect(uri)
+    gb = settings.get("index_cache_gb") or 0  # locations recorded before it have none
+    session = (lancedb.Session(index_cache_size_bytes=int(gb * 2**30)) if gb
+               else lancedb.Session())
+    return lancedb.connect(uri, session=session), session
 
 
 def _loop_running() -> bool:
@@ -93,6 +99,9 @@ class LanceConfig(ComponentConfig):
     # 5 of 1,000 and all of them with 10; IVF-PQ's recall did not move from 5 to 40
     nprobes: int = Field(10, ge=1)
     refine_factor: int = Field(5, ge=1)  # ivf_pq: re-rank refine_factor*k (>= 50) candidates
+    # searched partitions stay in memory, up to this much (0 = LanceDB's default, 6 GB): an
+    # IVF-Flat partition holds full vectors, so a long-lived app over 10M x 256 fills it
+    index_cache_gb: float = Field(0.0, ge=0)
 
 
 @VECTOR_BACKENDS.register("lancedb")
@@ -100,8 +109,10 @@ class LanceIndex(VectorIndex):
     config_class = LanceConfig
     capabilities = {"max_k": None, "metadata": True, "metrics": tuple(_METRICS)}
 
-    def __init__(self, db, name: str, location: dict[str, Any], settings: dict[str, Any]) -> None:
+    def __init__(self, db, session, name: str, location: dict[str, Any],
+                 settings: dict[str, Any]) -> None:
         self._db, self._name, self._location, self._settings = db, name, location, settings
+        self._session = session  # the caches this index's connections share
         self._table = db.open_table(name) if name in self._tables() else None
         self._loop: asyncio.AbstractEventLoop | None = None  # this index's, for queries
         self._reader = None  # the table opened through the async API, on the first query
@@ -135,7 +146,8 @@ class LanceIndex(VectorIndex):
     def _opened(cls, uri: str, name: str, location: dict[str, Any],
                 settings: dict[str, Any]) -> LanceIndex:
         try:
-            return cls(_connect(uri), name, location, settings)
+            return cls(*_connect(uri, settings), name=name, location=location,
+                       settings=settings)
         except HyraxError:
             raise
         except Exception as exc:
@@ -147,7 +159,7 @@ class LanceIndex(VectorIndex):
         settings = {"metric": cfg.metric, "index_type": cfg.index_type,
                     "ivf_min_rows": cfg.ivf_min_rows, "ivf_partitions": cfg.ivf_partitions,
                     "pq_sub_vectors": cfg.pq_sub_vectors, "nprobes": cfg.nprobes,
-                    "refine_factor": cfg.refine_factor}
+                    "refine_factor": cfg.refine_factor, "index_cache_gb": cfg.index_cache_gb}
         index = cls._opened(uri, name, {"uri": uri, **settings}, settings)
         if not create and index._table is None:
             raise CollectionNotFound(f"no LanceDB table '{name}' at {redact(uri)}")
@@ -306,7 +318,8 @@ class LanceIndex(VectorIndex):
         if self._reader is None:
             import lancedb
 
-            db = self._loop.run_until_complete(lancedb.connect_async(self._location["uri"]))
+            db = self._loop.run_until_complete(lancedb.connect_async(self._location["uri"],
+                                                                     session=self._session))
             self._reader = self._loop.run_until_complete(db.open_table(self._name))
         return self._loop, self._reader
 
