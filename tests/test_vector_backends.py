@@ -41,7 +41,7 @@ def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(bac
     index.upsert(ids[2000:], x[2000:], meta[2000:])  # 500 ids again, 1500 new: above ivf_min_rows
     assert index.count() == len(x)
     if backend == "lancedb":  # the index type asked for was built
-        assert index._indexed == {"ivf_flat": "IvfFlat", "ivf_pq": "IvfPq"}[cfg.index_type]
+        assert index._vector_index == {"ivf_flat": "IvfFlat", "ivf_pq": "IvfPq"}[cfg.index_type]
 
     queries = np.arange(0, 4000, 97)
     found = index.query(x[queries], k=10)
@@ -350,7 +350,7 @@ def test_lancedb_keeps_searched_partitions_in_memory_up_to_index_cache_gb(tmp_pa
         if not index.count():
             index.upsert(ids, x)
         index = cls.reopen(json.loads(json.dumps(index.location())), "cache")
-        assert index._indexed == "IvfFlat"
+        assert index._vector_index == "IvfFlat"
         hits = index.query(x[:200], 5)
         assert [h[0][0] for h in hits] == ids[:200]
         sizes[gb] = index._session.size_bytes
@@ -373,7 +373,7 @@ def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, i
         "batches", create=True)
     x = clustered(600, 8)
     index.upsert([f"{i:05d}" for i in range(len(x))], x)
-    assert index._indexed == ("IvfFlat" if ivf_min_rows == 300 else None)
+    assert index._vector_index == ("IvfFlat" if ivf_min_rows == 300 else None)
     rows = [5, 599, 0, 17, 300, 301, 5, 42, 43, 44, 45, 46, 47, 48, 49, 50]  # 16: 7 + 7 + 2
     monkeypatch.setattr(lance, "_QUERY_BATCH", 7)
 

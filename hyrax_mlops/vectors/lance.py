@@ -119,9 +119,9 @@ class LanceIndex(VectorIndex):
         self._reader_lock = threading.Lock()
         # asked once per opening, not per query (list_indices costs as much as a search):
         # the vector index's type ("IvfFlat", "IvfPq", ...), None while searched exhaustively
-        self._indexed = self._index_type()
+        self._vector_index = self._built_index_type()
 
-    def _index_type(self) -> str | None:
+    def _built_index_type(self) -> str | None:
         indices = self._table.list_indices() if self._table is not None else []
         return str(indices[0].index_type) if indices else None
 
@@ -249,7 +249,7 @@ class LanceIndex(VectorIndex):
             sub = s["pq_sub_vectors"] or next(dim // d for d in (4, 2, 1) if dim % d == 0)
             config = IvfPq(num_sub_vectors=sub, **common)
         self._table.create_index("vector", replace=True, config=config)
-        self._indexed = self._index_type()
+        self._vector_index = self._built_index_type()
 
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """k nearest of each vector, through LanceDB's async API on an event loop of this
@@ -302,10 +302,10 @@ class LanceIndex(VectorIndex):
         queries probe `nprobes` partitions, and IVF-PQ's re-rank their candidates."""
         s = self._settings
         q = q.distance_type(_METRICS[s["metric"]]).limit(k).select(["id", "_distance"])
-        if not self._indexed:
+        if not self._vector_index:
             return q
         q = q.nprobes(s["nprobes"])
-        if self._indexed != "IvfFlat":  # exact distances already
+        if self._vector_index != "IvfFlat":  # exact distances already
             q = q.refine_factor(max(s["refine_factor"], math.ceil(_MIN_CANDIDATES / max(k, 1))))
         return q
 
