@@ -133,14 +133,13 @@ class LanceIndex(VectorIndex):
     def identity(cls, cfg: IndexConfig) -> dict[str, Any]:
         # nprobes and refine_factor are not here: they are passed with every query, from the
         # location each run records, so runs differing only in them share one table.
+        table = {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
+                 "ivf_partitions": cfg.ivf_partitions}
         if cfg.index_type == "ivf_flat":
-            return {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
-                    "ivf_partitions": cfg.ivf_partitions, "index_type": "ivf_flat"}
+            return {**table, "index_type": "ivf_flat"}
         # IVF-PQ's identity is the one it had before IVF-Flat existed: its tables keep names
         auto = {"pq_auto": "dim/4"} if not cfg.pq_sub_vectors else {}  # (dim/8 before)
-        return {"metric": cfg.metric, "ivf_min_rows": cfg.ivf_min_rows,
-                "ivf_partitions": cfg.ivf_partitions, "pq_sub_vectors": cfg.pq_sub_vectors,
-                **auto}
+        return {**table, "pq_sub_vectors": cfg.pq_sub_vectors, **auto}
 
     @classmethod
     def _opened(cls, uri: str, name: str, location: dict[str, Any],
@@ -156,10 +155,9 @@ class LanceIndex(VectorIndex):
     @classmethod
     def open(cls, cfg: IndexConfig, name: str, *, create: bool) -> LanceIndex:
         uri = cfg.url or str(Path(cfg.path or ".hyrax/lancedb").expanduser().resolve())
-        settings = {"metric": cfg.metric, "index_type": cfg.index_type,
-                    "ivf_min_rows": cfg.ivf_min_rows, "ivf_partitions": cfg.ivf_partitions,
-                    "pq_sub_vectors": cfg.pq_sub_vectors, "nprobes": cfg.nprobes,
-                    "refine_factor": cfg.refine_factor, "index_cache_gb": cfg.index_cache_gb}
+        # every key LanceConfig declares: what a reopened index must query and cache with
+        settings = {"metric": cfg.metric,
+                    **{key: getattr(cfg, key) for key in LanceConfig.model_fields}}
         index = cls._opened(uri, name, {"uri": uri, **settings}, settings)
         if not create and index._table is None:
             raise CollectionNotFound(f"no LanceDB table '{name}' at {redact(uri)}")
