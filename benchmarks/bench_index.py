@@ -134,12 +134,10 @@ def cell(kind: str, n: int, dim: int) -> dict:
 
 
 def recall(n: int, dim: int, found: list[list[int]]) -> float:
-    from hyrax_mlops.vectors.exact import exact_knn
+    from hyrax_mlops.vectors.exact import recall_at_k
 
     x, q = vectors(n, dim)
-    truth, _ = exact_knn(x, q, K, "cosine", chunk=16)
-    return sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found, strict=True)) / (
-        K * len(q))
+    return recall_at_k(x, q, found, K, "cosine")
 
 
 def main() -> None:

@@ -45,6 +45,14 @@ def quiet_mlflow() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def quiet_lancedb() -> None:
+    """LanceDB's Rust warnings off the terminal: training an IVF index on a dense catalogue's
+    embeddings printed hundreds of "KMeans: more than 10% of clusters are empty" lines. Its
+    logger reads `LANCEDB_LOG` once, when lancedb is first imported: call this before; a
+    level the user set is kept."""
+    os.environ.setdefault("LANCEDB_LOG", "error")
+
+
 def _noise(message) -> bool:
     return any(re.match(p, str(message)) for p in _WARNINGS)
 

@@ -109,6 +109,36 @@ def test_exact_knn_matches_a_direct_computation(monkeypatch, entries):
                                    atol=1e-4)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
+def test_recall_counts_an_answer_as_near_as_the_kth_and_not_one_farther(metric):
+    """Twenty rows equally near the query: an index may return any ten of them and be right
+    (matching the exact ten's ids alone scored the second ten 0 instead of 1), and one farther
+    by less than float32 distances tell apart (3e-7 in cosine) is right too; rows farther
+    (by 1e-5, or well beyond) are misses."""
+    from hyrax_mlops.vectors.exact import recall_at_k
+
+    dim = 48
+
+    def at(angle: float, axis: int) -> np.ndarray:
+        row = np.zeros(dim)
+        row[0], row[axis] = np.cos(angle), np.sin(angle)
+        return row
+
+    x = np.array([at(0.1, j) for j in range(1, 21)]         # rows 0-19: tied
+                 + [at(0.1 + 3e-6, 21), at(0.1 + 1e-4, 22)]  # rows 20, 21
+                 + [at(0.3, j) for j in range(23, 43)]       # rows 22-41: far
+                 ).astype(np.float32)
+    q = at(0.0, 1)[None].astype(np.float32)
+    ids = np.array([f"{i:03d}" for i in range(len(x))])
+    assert recall_at_k(x, q, [list(range(10))], 10, metric) == 1.0
+    assert recall_at_k(x, q, [list(range(10, 20))], 10, metric) == 1.0
+    assert recall_at_k(x, q, [[20, *range(11, 20)]], 10, metric) == 1.0
+    assert recall_at_k(x, q, [[21, *range(11, 20)]], 10, metric) == 0.9
+    assert recall_at_k(x, q, [[*range(5), *range(22, 27)]], 10, metric) == 0.5
+    assert recall_at_k(x, q, [list(ids[10:20])], 10, metric, ids=ids) == 1.0
+    assert recall_at_k(x, q, [list(ids[30:40])], 10, metric, ids=ids) == 0.0
+
+
 def test_lancedb_takes_a_large_upsert_in_chunks_with_gaps_in_the_metadata(tmp_path):
     from hyrax_mlops.vectors import lance
 
@@ -314,6 +344,35 @@ def test_catalog_rows_reach_a_backend_a_chunk_at_a_time():
     assert [r["object_id"] for r in part] == ["36411448540270969", "7"]
     assert np.isnan(part[0]["flux"]) and part[1]["flux"] == 3.0
     assert rows[0] == {"object_id": "00042", "flux": 1.5}
+
+
+def test_lancedb_trains_an_index_on_repeated_vectors_without_printing_warnings(tmp_path):
+    """IVF training on vectors that repeat (a dense catalogue's embeddings) made LanceDB
+    print a warning per empty partition, hundreds of lines on a user's terminal; they stay
+    off it, and a user who asks for them (LANCEDB_LOG=warn) still gets them."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from hyrax_mlops.config import IndexConfig\n"
+        "from hyrax_mlops.vectors import VECTOR_BACKENDS\n"
+        "x = np.repeat(np.random.default_rng(0).normal(size=(20, 8)), 150, axis=0)\n"
+        "cfg = IndexConfig(backend='lancedb', path=sys.argv[1], ivf_min_rows=256)\n"
+        "index = VECTOR_BACKENDS.get('lancedb').open(cfg, 'repeats', create=True)\n"
+        "index.upsert([f'O{i}' for i in range(len(x))], x.astype(np.float32))\n"
+        "print(index._vector_index)\n")
+    env = {k: v for k, v in os.environ.items() if k != "LANCEDB_LOG"}
+    runs = {}
+    for level in (None, "warn"):
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"lance-{level}")],
+                             env={**env, **({"LANCEDB_LOG": level} if level else {})},
+                             capture_output=True, text=True, check=True)
+        runs[level] = run
+    assert runs[None].stdout.strip() == "IvfFlat"
+    assert runs[None].stderr == ""
+    assert "WARN" in runs["warn"].stderr and "empty" in runs["warn"].stderr
 
 
 def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):

@@ -128,16 +128,6 @@ def _metadata(cfg: Config, dataset_run_id: str, ids: np.ndarray) -> FrameRecords
     return FrameRecords(rows.reset_index(drop=True))
 
 
-def exact_recall(vectors: np.ndarray, found: list[list[str]], ids: np.ndarray, queries: np.ndarray,
-                 k: int, metric: str) -> float:
-    """Recall@k of the index against brute-force numpy search for the same queries."""
-    from hyrax_mlops.vectors.exact import exact_knn
-
-    truth, _ = exact_knn(vectors, vectors[queries], k, metric)
-    hits = [len(set(ids[t]) & set(f)) for t, f in zip(truth, found, strict=True)]
-    return float(np.sum(hits) / (k * len(queries)))
-
-
 def joined_vectors(cfg: Config, ids: np.ndarray, embeddings: np.ndarray,
                    analyse_run_id: str) -> tuple[np.ndarray, dict | None]:
     """The embeddings joined with the anomaly signature of the analyse run's statistics (in
@@ -165,6 +155,7 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
     import mlflow
 
     from hyrax_mlops.stages.infer import read_embeddings
+    from hyrax_mlops.vectors.exact import recall_at_k
 
     ids, vectors = read_embeddings(infer_run_id, ArtifactCache.of(cfg))
     signature = None
@@ -179,7 +170,7 @@ def _index(cfg: Config, backend_cls, name: str, infer_run_id: str, dataset_run_i
     rng = np.random.default_rng(0)
     queries = rng.choice(len(ids), size=min(_RECALL_QUERIES, len(ids)), replace=False)
     found = [[i for i, _ in hits] for hits in index.query(vectors[queries], k)]
-    recall = exact_recall(vectors, found, ids, queries, k, cfg.index.metric)
+    recall = recall_at_k(vectors, vectors[queries], found, k, cfg.index.metric, ids=ids)
     location = index.location()
     mlflow.set_tags({TAG_LOCATION: json.dumps(location), TAG_COLLECTION: name,
                      TAG_VECTORS: "joined" if signature else "embeddings"})

@@ -8,6 +8,8 @@ float64 copy of all vectors per query chunk), so ten million vectors fit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 _ENTRIES = 1 << 24  # distances computed at once (queries x block rows): 128 MB of float64
@@ -51,3 +53,40 @@ def exact_knn(x: np.ndarray, q: np.ndarray, k: int, metric: str = "cosine",
         best_i = np.take_along_axis(cand_i, order, 1)
         best_d = np.take_along_axis(cand_d, order, 1)
     return best_i, best_d
+
+
+# distances nearer than this (times their scale) are one distance to an index computing in
+# float32: eight float32 epsilons
+_TIED = 8 * float(np.finfo(np.float32).eps)
+
+
+def tied_nearest(x: np.ndarray, q: np.ndarray, k: int, metric: str = "cosine",
+                 look: int = 4) -> list[np.ndarray]:
+    """Per query, the rows that are right answers for its k nearest: the exact k nearest and
+    any others as near as the k-th, within what float32 distances can tell apart (searched
+    among the `look`*k nearest, so a tie wider than that is counted short, never long)."""
+    k = min(k, len(x))
+    rows, dist = exact_knn(x, q, look * k, metric)
+    kth = dist[:, k - 1]
+    if metric == "cosine":
+        scale = np.ones(len(q))
+    else:
+        q_norm = np.linalg.norm(np.asarray(q, np.float64), axis=1)
+        x_norm = np.linalg.norm(np.asarray(x[rows[:, k - 1]], np.float64), axis=1)
+        scale = q_norm ** 2 + x_norm ** 2 if metric == "l2" else q_norm * x_norm
+    return [r[d <= t + _TIED * s] for r, d, t, s in zip(rows, dist, kth, scale, strict=True)]
+
+
+def recall_at_k(x: np.ndarray, q: np.ndarray, found: Sequence[Sequence], k: int,
+                metric: str = "cosine", ids: np.ndarray | None = None) -> float:
+    """Recall@k of what an index returned for queries `q` (per query: rows of `x`, or their
+    `ids`) against exact search. A returned object counts when it is among the exact k
+    nearest or tied with the k-th: on a catalogue's dense embeddings the 10th neighbour can be
+    6e-7 away in cosine with more rows that near than k: matching ids alone gave recall 0.89
+    at 1M to an index whose answers were all as near as the exact ones."""
+    k = min(k, len(x))
+    hits = 0
+    for got, right in zip(found, tied_nearest(x, q, k, metric), strict=True):
+        right = right if ids is None else ids[right]
+        hits += len(set(right.tolist()) & set(list(got)[:k]))
+    return hits / (k * len(q))

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from hyrax_mlops.config import ComponentConfig, IndexConfig
 from hyrax_mlops.errors import ConfigError, HyraxError
+from hyrax_mlops.quiet import quiet_lancedb
 from hyrax_mlops.redact import redact
 from hyrax_mlops.vectors import VECTOR_BACKENDS
 from hyrax_mlops.vectors.base import CollectionNotFound, VectorIndex, unreachable
@@ -44,6 +45,7 @@ def _connect(uri: str, settings: dict[str, Any]):
     """A connection to `uri` and the LanceDB caches it uses (the index's async connection
     shares them): the index cache bounded to `index_cache_gb` when set, else LanceDB's
     default (6 GB)."""
+    quiet_lancedb()
     try:
         import lancedb
     except ImportError:
