@@ -111,32 +111,34 @@ def test_exact_knn_matches_a_direct_computation(monkeypatch, entries):
 
 @pytest.mark.parametrize("metric", ["cosine", "l2", "ip"])
 def test_recall_counts_an_answer_as_near_as_the_kth_and_not_one_farther(metric):
-    """Twenty rows equally near the query: an index may return any ten of them and be right
-    (matching the exact ten's ids alone scored the second ten 0 instead of 1), and one farther
+    """Sixty rows equally near the query: an index may return any ten of them and be right
+    (matching the exact ten's ids alone scored the last ten 0 instead of 1), and one farther
     by less than float32 distances tell apart (3e-7 in cosine) is right too; rows farther
     (by 1e-5, or well beyond) are misses."""
     from hyrax_mlops.vectors.exact import recall_at_k
 
-    dim = 48
+    dim = 96
 
     def at(angle: float, axis: int) -> np.ndarray:
         row = np.zeros(dim)
         row[0], row[axis] = np.cos(angle), np.sin(angle)
         return row
 
-    x = np.array([at(0.1, j) for j in range(1, 21)]         # rows 0-19: tied
-                 + [at(0.1 + 3e-6, 21), at(0.1 + 1e-4, 22)]  # rows 20, 21
-                 + [at(0.3, j) for j in range(23, 43)]       # rows 22-41: far
+    x = np.array([at(0.1, j) for j in range(1, 61)]         # rows 0-59: tied
+                 + [at(0.1 + 3e-6, 61), at(0.1 + 1e-4, 62)]  # rows 60, 61
+                 + [at(0.3, j) for j in range(63, 83)]       # rows 62-81: far
                  ).astype(np.float32)
     q = at(0.0, 1)[None].astype(np.float32)
     ids = np.array([f"{i:03d}" for i in range(len(x))])
     assert recall_at_k(x, q, [list(range(10))], 10, metric) == 1.0
-    assert recall_at_k(x, q, [list(range(10, 20))], 10, metric) == 1.0
-    assert recall_at_k(x, q, [[20, *range(11, 20)]], 10, metric) == 1.0
-    assert recall_at_k(x, q, [[21, *range(11, 20)]], 10, metric) == 0.9
-    assert recall_at_k(x, q, [[*range(5), *range(22, 27)]], 10, metric) == 0.5
-    assert recall_at_k(x, q, [list(ids[10:20])], 10, metric, ids=ids) == 1.0
-    assert recall_at_k(x, q, [list(ids[30:40])], 10, metric, ids=ids) == 0.0
+    assert recall_at_k(x, q, [list(range(50, 60))], 10, metric) == 1.0
+    assert recall_at_k(x, q, [[60, *range(51, 60)]], 10, metric) == 1.0
+    assert recall_at_k(x, q, [[61, *range(51, 60)]], 10, metric) == 0.9
+    assert recall_at_k(x, q, [[*range(5), *range(62, 67)]], 10, metric) == 0.5
+    assert recall_at_k(x, q, [[3, 3, 3, *range(62, 69)]], 10, metric) == 0.1  # once is once
+    assert recall_at_k(x, q, [list(ids[50:60])], 10, metric, ids=ids) == 1.0
+    assert recall_at_k(x, q, [list(ids[70:80])], 10, metric, ids=ids) == 0.0
+    assert recall_at_k(x, q, [["NOPE", *ids[51:60]]], 10, metric, ids=ids) == 0.9
 
 
 def test_lancedb_takes_a_large_upsert_in_chunks_with_gaps_in_the_metadata(tmp_path):
