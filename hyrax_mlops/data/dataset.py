@@ -48,6 +48,7 @@ class DatasetWriter:
         self.bands = list(bands)
         self.shard_size = shard_size
         self.rows: list[dict[str, Any]] = []
+        self._frames: list[pd.DataFrame] = []  # catalog-only rows added a frame at a time
         self.failures: list[dict[str, str]] = []
         self._buffer: list[np.ndarray] = []
         self._shards: list[dict[str, Any]] = []
@@ -69,6 +70,18 @@ class DatasetWriter:
         self._buffer.append(np.asarray(stamp, dtype=np.float32))
         if len(self._buffer) == self.shard_size:
             self._flush()
+
+    def add_catalog(self, rows: pd.DataFrame) -> None:
+        """Many objects of a catalog-only dataset at once, kept as the frame they are: ten
+        million catalog rows as one dict each would take ten times the memory."""
+        if self.shape:
+            raise ValueError("add_catalog is for catalog-only datasets: add stamps with add()")
+        self._frames.append(rows)
+
+    def object_ids(self) -> list[str]:
+        """The ids of the objects added so far, as text."""
+        return [str(r["object_id"]) for r in self.rows] + [
+            i for f in self._frames for i in f["object_id"].astype(str)]
 
     def fail(self, object_id: str, reason: str, detail: str = "", file: str = "") -> None:
         """Record one object that is not in the dataset, and why."""
@@ -93,7 +106,9 @@ class DatasetWriter:
         `extra` adds keys to the manifest (e.g. what a streamed dataset fetches), `counts`
         to its counts."""
         self._flush()
-        catalog = pd.DataFrame(self.rows, columns=None if self.rows else ["object_id"])
+        parts = [*self._frames, *([pd.DataFrame(self.rows)] if self.rows else [])]
+        catalog = (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+                   if parts else pd.DataFrame(columns=["object_id"]))
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
         if self._wcs:
             pd.DataFrame(self._wcs, columns=["object_id", "wcs_header"]).to_parquet(
@@ -112,7 +127,7 @@ class DatasetWriter:
                         "sha256": sha256_file(self.out / "catalog.parquet")},
             "counts": {
                 "requested": requested,
-                "ingested": len(self.rows),
+                "ingested": len(catalog),
                 "failed": len(self.failures),
                 "failed_by_reason": dict(Counter(f["reason"] for f in self.failures)),
                 **(counts or {}),

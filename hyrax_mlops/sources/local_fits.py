@@ -239,8 +239,7 @@ def ingest_catalog(cfg: IngestConfig, catalog_path: Path, out_dir: Path,
     if catalog is None:
         catalog = read_catalog(catalog_path)
     writer = DatasetWriter(out_dir, (), [], 1)
-    for row in catalog.to_dict("records"):
-        writer.add(row)
+    writer.add_catalog(catalog)
     manifest = writer.close({"name": "ingest", "catalog": str(catalog_path)},
                             requested=len(catalog))
     return _with_series(cfg, catalog, catalog_path, writer, manifest)
@@ -251,6 +250,6 @@ def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, writer: Dataset
     """Add the light curves and spectra of the objects the writer kept."""
     from hyrax_mlops.data.series import ingest_series
 
-    kept = {str(row["object_id"]) for row in writer.rows}
+    kept = set(writer.object_ids())
     return ingest_series(catalog, kept, catalog_folder(catalog_path), cfg.lightcurve_column,
                          cfg.spectrum_column, writer.out, manifest)
