@@ -141,6 +141,30 @@ def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
                  for i in range(chunks.num_columns)}
     assert not any("DICTIONARY" in e for e in encodings["embedding"] + encodings["probabilities"])
     assert any("DICTIONARY" in e for e in encodings["predicted_class"])
+    classes = np.array(["compact", "extended"])
+    assert (table["predicted_class"].to_numpy() == classes[probs.argmax(axis=1)]).all()
+    counted = mlflow.get_run(emb.run_id).data.metrics
+    assert [counted[f"n_predicted_{c}"] for c in classes] == [
+        int((table["predicted_class"] == c).sum()) for c in classes]
+
+
+def test_embeddings_are_read_a_batch_at_a_time_as_written(demo_store, monkeypatch):
+    """read_embeddings fills one array batch by batch: 7 rows at a time (a ragged last
+    batch) gives exactly the file's ids, in order, and its vectors, writable float32."""
+    import pyarrow.parquet as pq
+
+    from hyrax_mlops.stages import infer
+    from hyrax_mlops.tracking import ArtifactCache
+
+    result, cfg = demo_store
+    run_id = result["infer"].run_id
+    table = pq.read_table(ArtifactCache.of(cfg).fetch(run_id, "embeddings.parquet"))
+    monkeypatch.setattr(infer, "_READ_ROWS", 7)
+    ids, vectors = read_embeddings(run_id)
+    assert len(table) % 7 and ids.tolist() == table["object_id"].to_pylist()
+    np.testing.assert_array_equal(vectors, np.stack(table["embedding"].to_numpy(
+        zero_copy_only=False)))
+    assert vectors.dtype == np.float32 and vectors.flags.writeable
 
 
 def test_a_classifier_without_labels_says_how_to_give_them(demo_store):

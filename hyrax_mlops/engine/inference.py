@@ -33,6 +33,29 @@ def embed_cutouts(model: torch.nn.Module, normalizer, x: np.ndarray
     return z.float().numpy(), None if probs is None else probs.float().numpy()
 
 
+class _Rows:
+    """Per-batch outputs copied into one float32 array sized for the whole dataset (grown if
+    the loader yields more): a list of small per-batch arrays fragmented the heap (0.8 GB of
+    RSS for 256 MB of embeddings at 1M, 13 GB at 10M) and concatenating them copied all."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.n, self.out = max(capacity, 1), 0, None
+
+    def add(self, part: np.ndarray) -> None:
+        if self.out is None:
+            self.out = np.empty((self.capacity, *part.shape[1:]), np.float32)
+        if self.n + len(part) > len(self.out):
+            grown = np.empty((max(2 * len(self.out), self.n + len(part)), *part.shape[1:]),
+                             np.float32)
+            grown[:self.n] = self.out[:self.n]
+            self.out = grown
+        self.out[self.n:self.n + len(part)] = part
+        self.n += len(part)
+
+    def array(self) -> np.ndarray | None:
+        return None if self.out is None else self.out[:self.n]
+
+
 def embed_all(model: torch.nn.Module, loader, device: str = "cpu", precision: str = "fp32",
               channels_last: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 (n, dim) embeddings in the loader's order, and (n, classes) probabilities for a
@@ -41,16 +64,16 @@ def embed_all(model: torch.nn.Module, loader, device: str = "cpu", precision: st
 
     compute = Compute(resolve_device(device), precision, channels_last)
     compute.prepare(model).eval()
-    chunks, prob_chunks = [], []
+    rows = len(getattr(loader, "dataset", ()))  # a streamed dataset's failures yield fewer
+    emb, probs_out = _Rows(rows), _Rows(rows)
     with compute.inference():
         for batch in tqdm(prefetch(loader), desc="infer", unit="batch", total=len(loader)):
             z, probs = model_outputs(model, compute.batch(batch))
-            chunks.append(z.float().cpu().numpy())
+            emb.add(z.float().cpu().numpy())
             if probs is not None:
-                prob_chunks.append(probs.float().cpu().numpy())
-    emb = np.concatenate(chunks).astype(np.float32, copy=False)  # no second copy of them all
-    return emb, (np.concatenate(prob_chunks).astype(np.float32, copy=False)
-                 if prob_chunks else None)
+                probs_out.add(probs.float().cpu().numpy())
+    out = emb.array()
+    return (np.zeros((0, 0), np.float32) if out is None else out), probs_out.array()
 
 
 def can_reconstruct(model: torch.nn.Module) -> bool:

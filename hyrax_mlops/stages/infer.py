@@ -23,6 +23,7 @@ from hyrax_mlops.tracking import (
 
 SECTIONS = ("infer",)
 EMBEDDINGS = "embeddings.parquet"
+_READ_ROWS = 1 << 16  # rows of embeddings.parquet converted at a time by read_embeddings
 
 
 def model_uri(cfg: Config, train_run_id: str | None) -> str:
@@ -119,6 +120,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
     import mlflow
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from hyrax_mlops.data.provider import DataProvider
@@ -153,18 +155,20 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
                                provider.dataloader(None, batch_size=cfg.infer.batch_size,
                                                    cache=False, pin_memory=pin),
                                cfg.infer.device, cfg.infer.precision, cfg.infer.channels_last)
-    ids = provider.catalog["object_id"].astype(str).to_numpy()
+    # the catalog's own Arrow strings, not ten million Python ones
+    ids = pa.array(provider.catalog["object_id"].astype(str)).cast(pa.string())
     if provider.data.streamed:  # a cutout that could not be fetched has no embedding
         failed = provider.data.stream.failed_objects
         if failed:
-            keep = ~np.isin(ids, list(failed))
-            ids, emb = ids[keep], emb[keep]
+            keep = pc.invert(pc.is_in(ids, value_set=pa.array(sorted(failed), pa.string())))
+            keep = np.asarray(keep.to_numpy(zero_copy_only=False), bool)
+            ids, emb = ids.filter(pa.array(keep)), emb[keep]
             probs = None if probs is None else probs[keep]
             mlflow.log_metric("stream_failed_objects", len(failed))
             say(f"infer: {len(failed)} object(s) whose cutout could not be fetched have no "
                 "embedding (metric stream_failed_objects)")
     columns = {
-        "object_id": pa.array(ids, pa.string()),
+        "object_id": ids,
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()),
                                                        emb.shape[1]),
     }
@@ -174,11 +178,12 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
                    or range(probs.shape[1])]
         columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
             pa.array(probs.ravel(), pa.float32()), probs.shape[1])
-        columns["predicted_class"] = pa.array([classes[i] for i in probs.argmax(axis=1)],
-                                              pa.string())
+        predicted = probs.argmax(axis=1)
+        columns["predicted_class"] = pc.take(pa.array(classes, pa.string()),
+                                             pa.array(predicted))
         metadata = {"hyrax.classes": ",".join(classes)}
-        mlflow.log_metrics({f"n_predicted_{c}": int((probs.argmax(axis=1) == i).sum())
-                            for i, c in enumerate(classes)})
+        counts = np.bincount(predicted, minlength=len(classes))
+        mlflow.log_metrics({f"n_predicted_{c}": int(counts[i]) for i, c in enumerate(classes)})
     table = pa.table(columns).replace_schema_metadata(metadata or None)
     with tempfile.TemporaryDirectory(prefix="hyrax-infer-") as tmp:
         path = Path(tmp) / EMBEDDINGS
@@ -193,12 +198,22 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
 
 
 def read_embeddings(run_id: str, cache: ArtifactCache | None = None):
-    """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache."""
+    """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache. Read a batch
+    of rows at a time into arrays made once for all (only the two columns): reading the whole
+    table, then copying its vectors to float32, held 10M x 64 three times over."""
     import numpy as np
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    table = pq.read_table((cache or ArtifactCache.at()).fetch(run_id, EMBEDDINGS))
-    col = table.column("embedding").combine_chunks()
-    dim = col.type.list_size
-    vectors = col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return table.column("object_id").to_numpy(zero_copy_only=False).astype(str), vectors
+    parquet = pq.ParquetFile((cache or ArtifactCache.at()).fetch(run_id, EMBEDDINGS))
+    n, dim = parquet.metadata.num_rows, parquet.schema_arrow.field("embedding").type.list_size
+    width = max((pc.max(pc.utf8_length(parquet.read_row_group(g, ["object_id"])[0])).as_py()
+                 or 1 for g in range(parquet.num_row_groups)), default=1)
+    ids, vectors, at = np.empty(n, f"<U{width}"), np.empty((n, dim), np.float32), 0
+    for batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=["object_id", "embedding"]):
+        rows = batch.num_rows
+        ids[at:at + rows] = batch.column(0).to_numpy(zero_copy_only=False)
+        vectors[at:at + rows] = batch.column(1).flatten().to_numpy(
+            zero_copy_only=False).reshape(rows, dim)
+        at += rows
+    return ids, vectors
