@@ -148,40 +148,22 @@ def test_a_stamp_classifier_from_a_labels_catalog(demo_store, tmp_path):
         int((table["predicted_class"] == c).sum()) for c in classes]
 
 
-def test_embeddings_are_read_a_batch_at_a_time_as_written(demo_store, monkeypatch):
-    """read_embeddings fills one array batch by batch: 7 rows at a time (a ragged last
-    batch) gives exactly the file's ids, in order, and its vectors, writable float32."""
+def test_embeddings_are_read_a_row_group_at_a_time_as_written(demo_store, tmp_path):
+    """read_embeddings fills one array row group by row group: the demo's embeddings written
+    7 rows to a group (a ragged last one) read back as exactly the file's ids, in order, and
+    its vectors, writable float32."""
     import pyarrow.parquet as pq
 
-    from hyrax_mlops.stages import infer
+    from hyrax_mlops.stages.infer import read_embeddings_file
     from hyrax_mlops.tracking import ArtifactCache
 
     result, cfg = demo_store
-    run_id = result["infer"].run_id
-    table = pq.read_table(ArtifactCache.of(cfg).fetch(run_id, "embeddings.parquet"))
-    monkeypatch.setattr(infer, "_READ_ROWS", 7)
-    ids, vectors = read_embeddings(run_id)
-    assert len(table) % 7 and ids.tolist() == table["object_id"].to_pylist()
+    table = pq.read_table(ArtifactCache.of(cfg).fetch(result["infer"].run_id,
+                                                      "embeddings.parquet"))
+    pq.write_table(table, tmp_path / "e.parquet", row_group_size=7)
+    assert len(table) % 7 and pq.ParquetFile(tmp_path / "e.parquet").num_row_groups > 1
+    ids, vectors = read_embeddings_file(tmp_path / "e.parquet")
+    assert ids.tolist() == table["object_id"].to_pylist()
     np.testing.assert_array_equal(vectors, np.stack(table["embedding"].to_numpy(
         zero_copy_only=False)))
     assert vectors.dtype == np.float32 and vectors.flags.writeable
-
-
-def test_a_classifier_without_labels_says_how_to_give_them(demo_store):
-    from hyrax_mlops.errors import ConfigError
-
-    result, cfg = demo_store
-    with pytest.raises(ConfigError, match="data.label_column"):
-        hm.train(cfg, {**SMALL, "model": {"name": "stamp_classifier"}},
-                 dataset=result["dataset"].run_id)
-
-
-def test_the_readme_user_model_logs_its_named_values(demo_store):
-    result, cfg = demo_store
-    run = hm.train(cfg, {**SMALL, "model": {"name": "user_models:Tiny", "hidden": 32}},
-                   dataset=result["dataset"].run_id)
-    assert len(history(run.run_id, "train_mean_latent")) == 3
-    assert len(history(run.run_id, "val_mean_latent")) == 3
-    with pytest.raises(Exception, match="model.hiden.*Did you mean 'model.hidden'"):
-        hm.train(cfg, {**SMALL, "model": {"name": "user_models:Tiny", "hiden": 32}},
-                 dataset=result["dataset"].run_id)

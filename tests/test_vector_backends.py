@@ -348,6 +348,20 @@ def test_catalog_rows_reach_a_backend_a_chunk_at_a_time():
     assert rows[0] == {"object_id": "00042", "flux": 1.5}
 
 
+def test_catalog_rows_follow_the_embeddings_in_their_order_or_any_other(demo_store):
+    """The index stage's metadata row i is the catalog row of embedding i: taken as it is
+    when infer kept the catalog's order, looked up by id otherwise (reversed, or with
+    objects missing as a streamed download's failures are)."""
+    from hyrax_mlops.stages.index import _metadata
+    from hyrax_mlops.stages.infer import read_embeddings
+
+    result, cfg = demo_store
+    ids, _ = read_embeddings(result["infer"].run_id)
+    for order in (ids, ids[::-1], ids[5:], ids[[3, 1, 2]]):
+        rows = _metadata(cfg, result["dataset"].run_id, order)
+        assert [r["object_id"] for r in rows[:]] == order.tolist()
+
+
 def test_lancedb_trains_an_index_on_repeated_vectors_without_printing_warnings(tmp_path):
     """IVF training on vectors that repeat (a dense catalogue's embeddings) made LanceDB
     print a warning per empty partition, hundreds of lines on a user's terminal; they stay

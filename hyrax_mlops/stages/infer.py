@@ -23,7 +23,6 @@ from hyrax_mlops.tracking import (
 
 SECTIONS = ("infer",)
 EMBEDDINGS = "embeddings.parquet"
-_READ_ROWS = 1 << 16  # rows of embeddings.parquet converted at a time by read_embeddings
 
 
 def model_uri(cfg: Config, train_run_id: str | None) -> str:
@@ -198,22 +197,32 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
 
 
 def read_embeddings(run_id: str, cache: ArtifactCache | None = None):
-    """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache. Read a batch
-    of rows at a time into arrays made once for all (only the two columns): reading the whole
-    table, then copying its vectors to float32, held 10M x 64 three times over."""
+    """(object_ids, float32 (n, dim)) of an infer run, via the artifact cache."""
+    return read_embeddings_file((cache or ArtifactCache.at()).fetch(run_id, EMBEDDINGS))
+
+
+def read_embeddings_file(path: Path):
+    """(object_ids, float32 (n, dim)) of an embeddings.parquet, read a row group at a time
+    (a million rows as infer writes them) into arrays made once. Reading the whole table, then
+    copying its vectors to float32, held 10M x 64 three times over; pyarrow's batch iterator
+    kept every decoded batch of the vector column until the end."""
     import numpy as np
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile((cache or ArtifactCache.at()).fetch(run_id, EMBEDDINGS))
+    parquet = pq.ParquetFile(path)
     n, dim = parquet.metadata.num_rows, parquet.schema_arrow.field("embedding").type.list_size
-    width = max((pc.max(pc.utf8_length(parquet.read_row_group(g, ["object_id"])[0])).as_py()
-                 or 1 for g in range(parquet.num_row_groups)), default=1)
-    ids, vectors, at = np.empty(n, f"<U{width}"), np.empty((n, dim), np.float32), 0
-    for batch in parquet.iter_batches(batch_size=_READ_ROWS, columns=["object_id", "embedding"]):
-        rows = batch.num_rows
-        ids[at:at + rows] = batch.column(0).to_numpy(zero_copy_only=False)
-        vectors[at:at + rows] = batch.column(1).flatten().to_numpy(
-            zero_copy_only=False).reshape(rows, dim)
-        at += rows
+    vectors, names, at = np.empty((n, dim), np.float32), [], 0
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group, columns=["object_id", "embedding"])
+        names += table.column("object_id").chunks  # Arrow strings: a quarter of numpy's
+        for chunk in table.column("embedding").chunks:
+            vectors[at:at + len(chunk)] = chunk.flatten().to_numpy(
+                zero_copy_only=False).reshape(len(chunk), dim)
+            at += len(chunk)
+    width = max((pc.max(pc.utf8_length(c)).as_py() or 1 for c in names), default=1)
+    ids, at = np.empty(n, f"<U{width}"), 0
+    for chunk in names:
+        ids[at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        at += len(chunk)
     return ids, vectors

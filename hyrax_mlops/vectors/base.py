@@ -99,7 +99,8 @@ class VectorIndex(ABC):
     @abstractmethod
     def upsert(self, ids: Sequence[str], vectors: np.ndarray,
                metadatas: Sequence[dict[str, Any]] | None = None) -> None:
-        """Insert or replace: re-adding an id never duplicates it."""
+        """Insert or replace: re-adding an id never duplicates it. `ids` may be a numpy array
+        of text (the index stage hands ten million that way): slice it, a chunk at a time."""
 
     @abstractmethod
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
