@@ -46,8 +46,8 @@ test: setup browser $(PLUGINS)
 # Every benchmark, each beside its plain reference; SIZE=large for the survey-scale rows,
 # SIZE=huge for the 10M rows (never in CI).
 SIZE ?= small
-BENCHES := data train infer index reduce pipeline ray_train app_map download discovery
-BENCHES_huge := index reduce app_map  # 10M rows, on request: about an hour on 2 cores
+BENCHES := data train infer index reduce pipeline ray_train app_map download discovery catalog
+BENCHES_huge := index reduce app_map catalog  # 10M rows, on request: about 1.5 hours on 2 cores
 bench: setup
 	@for b in $(or $(BENCHES_$(SIZE)),$(BENCHES)); do echo "[make] benchmark $$b ($(SIZE))"; \
 	  $(PY) benchmarks/bench_$$b.py --size $(SIZE) || exit 1; done

@@ -36,7 +36,7 @@ def embed_cutouts(model: torch.nn.Module, normalizer, x: np.ndarray
 class _Rows:
     """Per-batch outputs copied into one float32 array sized for the whole dataset (grown if
     the loader yields more): a list of small per-batch arrays fragmented the heap (0.8 GB of
-    RSS for 256 MB of embeddings at 1M, 13 GB at 10M) and concatenating them copied all."""
+    RSS for 256 MB of embeddings at 1M) and concatenating them copied all."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity, self.n, self.out = max(capacity, 1), 0, None
