@@ -164,7 +164,11 @@ class Searcher:
             vectors = self.index.get_vectors([str(i) for i in object_ids])
         except KeyError as exc:
             raise HyraxError(f"{exc.args[0]} (index of run {self.index_run_id})") from None
-        return self.by_vector(vectors, k)
+        tables = self.by_vector(vectors, k)
+        if self.metric not in ("cosine", "l2"):  # ip: a longer vector may be nearer than itself
+            return tables
+        return [itself_first(table, str(oid), self._table([(str(oid), 0.0)]))
+                for table, oid in zip(tables, object_ids, strict=True)]
 
     def by_examples(self, object_ids: Sequence[str], k: int = 10, *,
                     each: bool = False) -> list[pd.DataFrame]:
@@ -269,6 +273,17 @@ class Searcher:
             res["distance"] = res["distance"].clip(lower=0)
         res.insert(0, "rank", np.arange(1, len(res) + 1))
         return res.merge(self.catalog, on="object_id", how="left")
+
+
+def itself_first(table: pd.DataFrame, object_id: str, own: pd.DataFrame) -> pd.DataFrame:
+    """The neighbours of `object_id` with the object itself first, at distance 0 (`own`: its
+    row): where other objects tie with it at 0 (duplicates, or a catalogue's dense embeddings)
+    the index may rank them first or, with more than k of them, leave it out."""
+    mine = table["object_id"] == object_id
+    own = own.assign(distance=0.0) if not mine.any() else table[mine].head(1).assign(distance=0.0)
+    out = pd.concat([own, table[~mine]], ignore_index=True).head(len(table))
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out
 
 
 def _signature(index_run, cache: ArtifactCache):

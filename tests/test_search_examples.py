@@ -57,3 +57,30 @@ def test_the_cli_searches_from_examples_and_from_a_fits_file(demo_store, capsys)
     assert main(["search", "--run", index, "--fits", fits, "-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[1] == "XDF00003"
+
+
+def test_an_object_searched_by_id_comes_first_among_those_tied_with_it():
+    """A catalogue's dense embeddings put other objects at distance 0 from the one asked
+    about (10M objects of five magnitudes: three of them ranked above "00003"), or more than
+    k of them (it is not returned at all): it is first, at 0, with its own catalog row."""
+    import pandas as pd
+
+    from hyrax_mlops.search import itself_first
+
+    def table(ids, distances):
+        return pd.DataFrame({"rank": range(1, len(ids) + 1), "object_id": ids,
+                             "distance": distances, "mag_g": [20.0 + i for i in range(len(ids))]})
+
+    own = table(["00003"], [0.0]).assign(mag_g=22.9)
+    ranked_third = table(["36411448546178287", "36411448546617456", "00003", "7"],
+                         [0.0, 0.0, 1e-8, 2e-7])
+    got = itself_first(ranked_third, "00003", own)
+    assert got["object_id"].tolist() == ["00003", "36411448546178287", "36411448546617456", "7"]
+    assert got["rank"].tolist() == [1, 2, 3, 4] and got["distance"].iloc[0] == 0.0
+    assert got["mag_g"].iloc[0] == 22.0  # its row from the table (20 + its place), not `own`
+    assert got["distance"].is_monotonic_increasing
+
+    left_out = table(["A", "B", "C"], [0.0, 0.0, 0.0])
+    got = itself_first(left_out, "00003", own)
+    assert got["object_id"].tolist() == ["00003", "A", "B"] and len(got) == 3
+    assert got["mag_g"].iloc[0] == 22.9
