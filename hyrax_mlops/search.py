@@ -15,7 +15,7 @@ an object that departs in nothing.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +167,7 @@ class Searcher:
         tables = self.by_vector(vectors, k)
         if self.metric not in ("cosine", "l2"):  # ip: a longer vector may be nearer than itself
             return tables
-        return [itself_first(table, str(oid), self._table([(str(oid), 0.0)]))
+        return [itself_first(table, str(oid), lambda oid=str(oid): self._table([(oid, 0.0)]))
                 for table, oid in zip(tables, object_ids, strict=True)]
 
     def by_examples(self, object_ids: Sequence[str], k: int = 10, *,
@@ -275,13 +275,15 @@ class Searcher:
         return res.merge(self.catalog, on="object_id", how="left")
 
 
-def itself_first(table: pd.DataFrame, object_id: str, own: pd.DataFrame) -> pd.DataFrame:
-    """The neighbours of `object_id` with the object itself first, at distance 0 (`own`: its
-    row): where other objects tie with it at 0 (duplicates, or a catalogue's dense embeddings)
-    the index may rank them first or, with more than k of them, leave it out."""
+def itself_first(table: pd.DataFrame, object_id: str,
+                 own: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """The neighbours of `object_id` with the object itself first, at distance 0 (`own()`:
+    its row, made only when the index left it out): where other objects tie with it at 0
+    (duplicates, or a catalogue's dense embeddings) the index may rank them first or, with
+    more than k of them, leave it out."""
     mine = table["object_id"] == object_id
-    own = own.assign(distance=0.0) if not mine.any() else table[mine].head(1).assign(distance=0.0)
-    out = pd.concat([own, table[~mine]], ignore_index=True).head(len(table))
+    row = table[mine].head(1) if mine.any() else own()
+    out = pd.concat([row.assign(distance=0.0), table[~mine]], ignore_index=True).head(len(table))
     out["rank"] = np.arange(1, len(out) + 1)
     return out
 

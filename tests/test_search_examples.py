@@ -74,13 +74,13 @@ def test_an_object_searched_by_id_comes_first_among_those_tied_with_it():
     own = table(["00003"], [0.0]).assign(mag_g=22.9)
     ranked_third = table(["36411448546178287", "36411448546617456", "00003", "7"],
                          [0.0, 0.0, 1e-8, 2e-7])
-    got = itself_first(ranked_third, "00003", own)
+    got = itself_first(ranked_third, "00003", lambda: own)
     assert got["object_id"].tolist() == ["00003", "36411448546178287", "36411448546617456", "7"]
     assert got["rank"].tolist() == [1, 2, 3, 4] and got["distance"].iloc[0] == 0.0
     assert got["mag_g"].iloc[0] == 22.0  # its row from the table (20 + its place), not `own`
     assert got["distance"].is_monotonic_increasing
 
     left_out = table(["A", "B", "C"], [0.0, 0.0, 0.0])
-    got = itself_first(left_out, "00003", own)
+    got = itself_first(left_out, "00003", lambda: own)
     assert got["object_id"].tolist() == ["00003", "A", "B"] and len(got) == 3
     assert got["mag_g"].iloc[0] == 22.9

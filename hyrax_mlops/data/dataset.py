@@ -78,11 +78,6 @@ class DatasetWriter:
             raise ValueError("add_catalog is for catalog-only datasets: add stamps with add()")
         self._frames.append(rows)
 
-    def object_ids(self) -> list[str]:
-        """The ids of the objects added so far, as text."""
-        return [str(r["object_id"]) for r in self.rows] + [
-            i for f in self._frames for i in f["object_id"].astype(str)]
-
     def fail(self, object_id: str, reason: str, detail: str = "", file: str = "") -> None:
         """Record one object that is not in the dataset, and why."""
         self.failures.append(
@@ -107,8 +102,12 @@ class DatasetWriter:
         to its counts."""
         self._flush()
         parts = [*self._frames, *([pd.DataFrame(self.rows)] if self.rows else [])]
-        catalog = (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-                   if parts else pd.DataFrame(columns=["object_id"]))
+        if not parts:
+            catalog = pd.DataFrame(columns=["object_id"])
+        elif len(parts) == 1:
+            catalog = parts[0]  # a catalog-only dataset's frame, not copied
+        else:
+            catalog = pd.concat(parts, ignore_index=True)
         catalog.to_parquet(self.out / "catalog.parquet", index=False)
         if self._wcs:
             pd.DataFrame(self._wcs, columns=["object_id", "wcs_header"]).to_parquet(

@@ -157,13 +157,14 @@ def spectrum_tensors(table: pd.DataFrame, ids: np.ndarray, grid: np.ndarray
     return np.clip(out, -50, 50), mask
 
 
-def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
+def ingest_series(catalog: pd.DataFrame, kept: set[str] | None, base_dir: Path,
                   lightcurve_column: str, spectrum_column: str, out_dir: Path,
                   manifest: dict) -> dict:
-    """Read each kept object's light curve and spectrum files (catalog columns, paths relative
-    to `base_dir`, the catalog's folder) into the dataset's long tables. A file that is
-    missing, unreadable or outside `base_dir` (never opened) is a recorded failure of that
-    modality, not of the object. Updates and returns `manifest`."""
+    """Read each kept object's (`kept` None: every catalog row's) light curve and spectrum
+    files (catalog columns, paths relative to `base_dir`, the catalog's folder) into the
+    dataset's long tables. A file that is missing, unreadable or outside `base_dir` (never
+    opened) is a recorded failure of that modality, not of the object. Updates and returns
+    `manifest`."""
     import json
     from collections import Counter
 
@@ -177,7 +178,8 @@ def ingest_series(catalog: pd.DataFrame, kept: set[str], base_dir: Path,
             continue
         parts = []
         for oid, file in zip(catalog["object_id"].astype(str), catalog[column], strict=True):
-            if oid not in kept or not isinstance(file, str) or not file.strip():
+            if ((kept is not None and oid not in kept) or not isinstance(file, str)
+                    or not file.strip()):
                 continue
 
             def fail(reason: str, detail: str, oid: str = oid, file: str = file,

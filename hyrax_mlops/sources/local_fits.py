@@ -202,7 +202,8 @@ def ingest_directory(cfg: IngestConfig, cutouts_dir: Path, catalog_path: Path,
               f"from their stamp's WCS centre than max({WCS_TOLERANCE_ARCSEC:g}\", "
               f"{WCS_TOLERANCE_PIXELS:g} px): {shown}; the catalog's values are kept, listed in "
               "dataset/manifest.json (wcs_disagreements)", file=sys.stderr, flush=True)
-    return _with_series(cfg, catalog, catalog_path, writer, manifest)
+    return _with_series(cfg, catalog, catalog_path, writer, manifest,
+                        {str(row["object_id"]) for row in writer.rows})
 
 
 def _icrs_centres(native: dict[str, tuple[float, float, str]], frames: dict[str, Any]
@@ -242,14 +243,13 @@ def ingest_catalog(cfg: IngestConfig, catalog_path: Path, out_dir: Path,
     writer.add_catalog(catalog)
     manifest = writer.close({"name": "ingest", "catalog": str(catalog_path)},
                             requested=len(catalog))
-    return _with_series(cfg, catalog, catalog_path, writer, manifest)
+    return _with_series(cfg, catalog, catalog_path, writer, manifest, None)  # every row kept
 
 
 def _with_series(cfg: IngestConfig, catalog, catalog_path: Path, writer: DatasetWriter,
-                 manifest: dict[str, Any]) -> dict[str, Any]:
-    """Add the light curves and spectra of the objects the writer kept."""
+                 manifest: dict[str, Any], kept: set[str] | None) -> dict[str, Any]:
+    """Add the light curves and spectra of the objects the writer kept (None: all)."""
     from hyrax_mlops.data.series import ingest_series
 
-    kept = set(writer.object_ids())
     return ingest_series(catalog, kept, catalog_folder(catalog_path), cfg.lightcurve_column,
                          cfg.spectrum_column, writer.out, manifest)

@@ -160,8 +160,8 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
         failed = provider.data.stream.failed_objects
         if failed:
             keep = pc.invert(pc.is_in(ids, value_set=pa.array(sorted(failed), pa.string())))
-            keep = np.asarray(keep.to_numpy(zero_copy_only=False), bool)
-            ids, emb = ids.filter(pa.array(keep)), emb[keep]
+            ids, keep = ids.filter(keep), keep.to_numpy(zero_copy_only=False)
+            emb = emb[keep]
             probs = None if probs is None else probs[keep]
             mlflow.log_metric("stream_failed_objects", len(failed))
             say(f"infer: {len(failed)} object(s) whose cutout could not be fetched have no "
