@@ -179,6 +179,8 @@ def _infer(run) -> list[str]:
     m = run.data.metrics
     lines = [f"{_int(m, 'n_objects')} objects embedded, dim {_int(m, 'embedding_dim')} "
              "(embeddings.parquet)"]
+    if m.get("samples_per_s"):
+        lines[0] += f", {round(m['samples_per_s']):,} objects/s"
     predicted = {k[len("n_predicted_"):]: int(v) for k, v in m.items()
                  if k.startswith("n_predicted_")}
     if predicted:

@@ -174,3 +174,83 @@ def test_a_model_in_a_local_store_is_read_where_it_is(demo_store, monkeypatch):
             {"image": torch.from_numpy(loaded.normalizer.apply(x.copy()))}).numpy()
     theirs = np.stack(served.predict(x)["embedding"].to_list())
     np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_model_info_of_a_local_runs_uri_is_mlflows_without_its_lookups(demo_store,
+                                                                      monkeypatch):
+    """infer resolves `runs:/RUN/model` with one search and reads MLmodel where it is; the
+    answer is MLflow's own, and a run that does not exist is an error, not another model."""
+    import mlflow
+
+    from hyrax_mlops.engine.bundle import model_info
+
+    result, _ = demo_store
+    uri = f"runs:/{result['train'].run_id}/model"
+    theirs = mlflow.models.get_model_info(uri)
+    monkeypatch.setattr(mlflow.models, "get_model_info", lambda u: pytest.fail(u))
+    mine = model_info(uri)
+    for field in ("run_id", "model_id", "model_uri", "artifact_path", "signature", "flavors",
+                  "model_uuid"):
+        assert getattr(mine, field) == getattr(theirs, field), field
+    with pytest.raises(Exception, match="0123456789abcdef"):
+        model_info("runs:/0123456789abcdef/model")
+
+
+def test_a_model_is_built_for_its_weights_without_initialising_them():
+    """`with_weights` builds on the meta device and takes the loaded tensors; a model with a
+    tensor the weights do not hold, or a constructor that reads tensor values, is built as
+    usual, never left holding meta tensors."""
+    from hyrax_mlops.engine.bundle import with_weights
+    from hyrax_mlops.models.autoencoder import ConvAutoencoder
+
+    torch.manual_seed(0)
+    trained = ConvAutoencoder((3, 32, 32), latent_dim=8).eval()
+    state = trained.state_dict()
+    inits = []
+    orig = torch.nn.init.kaiming_uniform_
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.init, "kaiming_uniform_", lambda tensor, *a, **k: inits.append(
+            tensor.device.type) or orig(tensor, *a, **k))
+        rebuilt = with_weights(lambda: ConvAutoencoder((3, 32, 32), latent_dim=8), state)
+    assert inits and set(inits) == {"meta"}  # nothing initialised on a real device
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval().embed({"image": x}), trained.embed({"image": x}))
+    assert not any(t.is_meta for t in (*rebuilt.parameters(), *rebuilt.buffers()))
+
+    class Scratch(torch.nn.Module):  # a buffer not in the weights
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("grid", torch.arange(3.0), persistent=False)
+
+    got = with_weights(Scratch, Scratch().state_dict())
+    assert torch.equal(got.grid, torch.arange(3.0))
+
+    class Reads(torch.nn.Module):  # computes with a tensor's value while being built
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(2, int(torch.tensor(3).item()))
+
+    weights = Reads().state_dict()
+    got = with_weights(Reads, weights)
+    assert torch.equal(got.lin.weight, weights["lin.weight"]) and not got.lin.weight.is_meta
+
+
+def test_inference_reads_every_row_without_working_out_splits(demo_store, monkeypatch):
+    """Splits (a hash of every id: seconds at 10M) are worked out when a split is asked for;
+    inference reads all rows and asks for none."""
+    from hyrax_mlops.engine.bundle import load_bundle
+
+    result, cfg = demo_store
+    normalizer = load_bundle(f"runs:/{result['train'].run_id}/model").normalizer
+    calls = []
+    monkeypatch.setattr("hyrax_mlops.data.provider.assign_splits",
+                        lambda *a: calls.append(a) or assign_splits(*a))
+    provider = DataProvider(result["dataset"].run_id, cfg.data, normalizer=normalizer)
+    seen = sum(len(b["row"]) for b in provider.dataloader(None, batch_size=64, cache=False))
+    assert seen == len(provider.data) and calls == []
+    train = provider.rows("train")
+    assert len(calls) == 1 and 0 < len(train) < seen
+    provider.rows("val")
+    assert len(calls) == 1  # once per provider

@@ -69,7 +69,9 @@ def test_the_pipeline_prints_each_stage_with_its_name_summary_and_next_steps(dem
                                   "failed: 0"
     assert summary["train"].startswith("epochs: 3 of 3; best: epoch ")
     assert "val_loss" in summary["train"] and "model: models:/" in summary["train"]
-    assert summary["infer"] == f"{N_DEMO} objects embedded, dim 16 (embeddings.parquet)"
+    rate = mlflow.get_run(result["infer"].run_id).data.metrics["samples_per_s"]
+    assert summary["infer"] == f"{N_DEMO} objects embedded, dim 16 (embeddings.parquet), " \
+                               f"{round(rate):,} objects/s"
     assert summary["index"].startswith(f"{N_DEMO} vectors in chroma (cosine); recall@10 ")
     assert summary["reduce"].startswith(f"maps: PCA 2D, PCA 3D, UMAP 2D, UMAP 3D of {N_DEMO} "
                                         "objects; open: reductions.html")
@@ -104,8 +106,11 @@ def test_train_and_infer_print_their_summary_and_no_library_noise(demo_sandbox):
 
     infer = _cli(["infer", "--train-run", result["train"].run_id, "--force", *DEMO_SET], here)
     assert infer.returncode == 0, infer.stderr[-3000:]
+    metrics = mlflow.get_run(infer.stdout.split()[4]).data.metrics
+    assert metrics["embed_seconds"] > 0 and metrics["samples_per_s"] == pytest.approx(
+        N_DEMO / metrics["embed_seconds"])
     assert infer.stdout.splitlines()[1] == f"  {N_DEMO} objects embedded, dim 16 " \
-                                           "(embeddings.parquet)"
+        f"(embeddings.parquet), {round(metrics['samples_per_s']):,} objects/s"
     for proc in (train, infer):
         for noise in NOISE:
             assert noise not in proc.stdout + proc.stderr, (noise, proc.stderr[-2000:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,6 @@ class DataProvider:
 
             self.data.stream = CutoutStream(self.data.manifest, self.data.catalog, data)
             self._stream_run()  # now, in the stage's thread: batches are made in another
-        self.splits = assign_splits(self.data.ids, data.split, data.split_seed)
         self.classes, self.labels = self._labels(data)
         self.normalizer = normalizer or self._fit(data.normalize)
         if normalizer is None and data.features:
@@ -254,6 +254,12 @@ class DataProvider:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return self.data.shape
+
+    @functools.cached_property
+    def splits(self) -> np.ndarray:
+        """Each row's split by its hashed id, worked out when a split is first asked for:
+        inference reads every row and needs none."""
+        return assign_splits(self.data.ids, self.settings.split, self.settings.split_seed)
 
     def rows(self, split: str | None = None) -> np.ndarray:
         """Row numbers of one split (train, val, test) or of every object (None)."""

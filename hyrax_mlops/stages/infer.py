@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 from hyrax_mlops.config import Config, DataConfig, InferConfig
@@ -36,14 +37,13 @@ def model_uri(cfg: Config, train_run_id: str | None) -> str:
 
 def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None,
         force: bool = False, parent_run_id: str | None = None) -> StageRun:
-    import mlflow
-
+    from hyrax_mlops.engine.bundle import model_info
     from hyrax_mlops.tracking import use_store
 
     use_store()
     uri = model_uri(cfg, train_run)
     try:
-        info = mlflow.models.get_model_info(uri)
+        info = model_info(uri)
     except Exception as exc:
         raise LineageError(f"cannot find model '{uri}': {exc}") from None
     source_run = info.run_id
@@ -133,6 +133,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
     if list(provider.input_shape) != list(loaded.spec["input_shape"]):
         raise DataError(f"dataset stamps are {list(provider.input_shape)} but the model was "
                         f"trained on {loaded.spec['input_shape']}.")
+    start = time.perf_counter()
     if cfg.infer.engine == "onnx":
         from hyrax_mlops.engine.onnx_export import ARTIFACT, embed_all_onnx, session
 
@@ -154,6 +155,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
                                provider.dataloader(None, batch_size=cfg.infer.batch_size,
                                                    cache=False, pin_memory=pin),
                                cfg.infer.device, cfg.infer.precision, cfg.infer.channels_last)
+    embed_s = time.perf_counter() - start  # reading and the model, none of the bookkeeping
     # the catalog's own Arrow strings, not ten million Python ones
     ids = pa.array(provider.catalog["object_id"].astype(str)).cast(pa.string())
     if provider.data.streamed:  # a cutout that could not be fetched has no embedding
@@ -171,7 +173,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel(), pa.float32()),
                                                        emb.shape[1]),
     }
-    metadata = {}
+    metadata, metrics = {}, {}
     if probs is not None:  # a classifier: probabilities per class and the most probable one
         classes = [str(c) for c in loaded.spec["params"].get("classes")
                    or range(probs.shape[1])]
@@ -182,7 +184,7 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
                                              pa.array(predicted))
         metadata = {"hyrax.classes": ",".join(classes)}
         counts = np.bincount(predicted, minlength=len(classes))
-        mlflow.log_metrics({f"n_predicted_{c}": int(counts[i]) for i, c in enumerate(classes)})
+        metrics = {f"n_predicted_{c}": int(counts[i]) for i, c in enumerate(classes)}
     table = pa.table(columns).replace_schema_metadata(metadata or None)
     with tempfile.TemporaryDirectory(prefix="hyrax-infer-") as tmp:
         path = Path(tmp) / EMBEDDINGS
@@ -191,7 +193,9 @@ def _infer(cfg: Config, uri: str, dataset_run_id: str, data: DataConfig,
         pq.write_table(table, path, use_dictionary=[c for c in ("object_id", "predicted_class")
                                                     if c in columns])
         mlflow.log_artifact(str(path))
-    mlflow.log_metrics({"n_objects": len(ids), "embedding_dim": emb.shape[1]})
+    mlflow.log_metrics({**metrics, "n_objects": len(ids), "embedding_dim": emb.shape[1],
+                        "embed_seconds": embed_s,
+                        "samples_per_s": len(ids) / embed_s if embed_s > 0 else 0.0})
     mlflow.set_tag("hyrax.model_uri", uri)
     return {"embeddings": EMBEDDINGS}
 
