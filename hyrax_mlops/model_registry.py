@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 
 from hyrax_mlops.errors import LineageError
@@ -36,9 +38,12 @@ def register(run_id: str, name: str, alias: str | None = None) -> Registered:
     uri = run.data.tags.get("hyrax.model_uri")
     if not uri:
         raise LineageError(f"run '{run_id}' logged no model (no hyrax.model_uri tag).")
-    version = mlflow.register_model(uri, name, tags={
-        "hyrax.run_id": run_id, "hyrax.stage": run.data.tags.get(TAG_STAGE, ""),
-        "hyrax.dataset": run.data.tags.get(TAG_INPUT + "dataset", "")})
+    # MLflow prints "Successfully registered…"/"Created version…" itself: the terminal gets
+    # our one line (the caller's), with the URI to use; errors are raised, not printed
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(uri, name, tags={
+            "hyrax.run_id": run_id, "hyrax.stage": run.data.tags.get(TAG_STAGE, ""),
+            "hyrax.dataset": run.data.tags.get(TAG_INPUT + "dataset", "")})
     if alias:
         MlflowClient().set_registered_model_alias(name, alias, version.version)
     return Registered(name, str(version.version), alias, uri, run_id)

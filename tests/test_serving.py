@@ -34,10 +34,16 @@ def champion(demo_sandbox):
     return reg, result, cfg
 
 
-def test_register_sets_the_alias_and_infer_takes_it(champion):
+def test_register_sets_the_alias_and_infer_takes_it(champion, capsys):
     from mlflow.tracking import MlflowClient
 
     reg, result, cfg = champion
+    capsys.readouterr()
+    again = hm.register(result["train"].run_id, "xdf-autoencoder")  # a second version
+    fresh = hm.register(result["train"].run_id, "xdf-autoencoder-copy")  # a new name
+    assert int(again.version) == int(reg.version) + 1 and fresh.version == "1"
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == "", printed  # MLflow's own lines stay off
     assert "models:/xdf-autoencoder@champion" in str(reg)
     version = MlflowClient().get_model_version_by_alias("xdf-autoencoder", "champion")
     assert str(version.version) == reg.version
