@@ -92,8 +92,6 @@ def _local_runs_model(uri: str):
     None (another kind of URI, a model under a deeper path, an object store, no such model)."""
     import mlflow
 
-    from hyrax_mlops.tracking.artifacts import local_path
-
     run_id, _, name = uri.removeprefix("runs:/").strip("/").partition("/")
     if not uri.startswith("runs:/") or not run_id or not name or "/" in name or "'" in name:
         return None
@@ -102,9 +100,9 @@ def _local_runs_model(uri: str):
     for logged in client.search_logged_models(
             experiment_ids=[experiment_id],
             filter_string=f"name = '{name}' AND source_run_id = '{run_id}'"):
-        found = local_path(logged.artifact_location, "MLmodel")
-        if logged.source_run_id == run_id and found is not None:
-            return found.parent, logged
+        folder = _model_folder(logged)
+        if logged.source_run_id == run_id and folder is not None:
+            return folder, logged
     return None
 
 
@@ -112,12 +110,18 @@ def _local_model(info) -> Path | None:
     """The logged model's folder when its artifact store is a local directory, else None."""
     import mlflow
 
-    from hyrax_mlops.tracking.artifacts import local_path
-
     model_id = getattr(info, "model_id", None)
     if not model_id:
         return None
-    logged = getattr(info, "_logged_model", None) or mlflow.get_logged_model(model_id)
+    # the LoggedModel the info was made from (model_info's), else asked for again
+    return _model_folder(getattr(info, "_logged_model", None)
+                         or mlflow.get_logged_model(model_id))
+
+
+def _model_folder(logged) -> Path | None:
+    """A LoggedModel's folder (the one holding MLmodel) when it is on a local disk."""
+    from hyrax_mlops.tracking.artifacts import local_path
+
     found = local_path(logged.artifact_location, "MLmodel")
     return found.parent if found else None
 
