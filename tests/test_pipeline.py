@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 import hyrax_mlops as hm
 from hyrax_mlops.cli import main
+from hyrax_mlops.errors import LineageError
 from hyrax_mlops.stages.registry import STAGES as REGISTERED
 from hyrax_mlops.tracking import code_version
 
@@ -292,3 +293,13 @@ def test_a_stage_s_code_version_follows_the_code_it_runs(tmp_path):
         after = versions()
         assert {s for s in before if after[s] != before[s]} == changes, path
         before = after
+
+
+def test_infer_of_a_model_that_is_not_there_says_so_before_any_run(demo_store):
+    result, cfg = demo_store
+    before = len(mlflow.search_runs(search_all_experiments=True))
+    for uri in (f"runs:/{result['train'].run_id}/nomodel", "models:/no-such-model/1"):
+        with pytest.raises(LineageError, match=r"cannot find model '.*'.*Fix: point "
+                                               r"infer.model at a model a train run logged"):
+            hm.infer(cfg, {"infer.model": uri}, force=True)
+    assert len(mlflow.search_runs(search_all_experiments=True)) == before

@@ -45,7 +45,10 @@ def run(cfg: Config, *, train_run: str | None = None, dataset: str | None = None
     try:
         info = model_info(uri)
     except Exception as exc:
-        raise LineageError(f"cannot find model '{uri}': {exc}") from None
+        raise LineageError(f"cannot find model '{uri}': {exc}. Fix: point infer.model at a "
+                           "model a train run logged (runs:/TRAIN_RUN_ID/model, as its "
+                           "summary prints), or a registered one (models:/NAME@ALIAS, "
+                           "`hyrax-mlops register`).") from None
     source_run = info.run_id
     fingerprint = info.model_id
     if cfg.infer.engine == "onnx":  # before any run: the export must be there
