@@ -7,6 +7,7 @@ behind it, pixels for thumbnails, and the vector index of its embeddings for nei
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ import pandas as pd
 from hyrax_mlops.analysis.outliers import RESIDUAL_MAP
 from hyrax_mlops.config import Config
 from hyrax_mlops.tracking import TAG_INPUT, TAG_STAGE, ArtifactCache, get_run, use_store
+
+log = logging.getLogger(__name__)
 
 MAX_CACHED_RUNS = 6
 ANALYSES_RECHECK_S = 5.0
@@ -187,9 +190,21 @@ def _with_analyses(run_id: str, analyses: tuple[str, ...], cache_dir: str) -> Re
 
 @functools.lru_cache(maxsize=MAX_CACHED_RUNS)
 def _searcher(infer_run_id: str, cache_dir: str):
+    """An index opened once per embeddings run, its partitions read into memory in the
+    background (the next clicks' neighbours come from memory, not from disk)."""
     from hyrax_mlops.search import Searcher
 
-    return Searcher(infer_run_id, _cache_config(cache_dir))
+    searcher = Searcher(infer_run_id, _cache_config(cache_dir))
+    threading.Thread(target=_prewarm, args=(searcher,), name="hyrax-prewarm",
+                     daemon=True).start()
+    return searcher
+
+
+def _prewarm(searcher) -> None:
+    try:
+        searcher.prewarm()
+    except Exception as exc:  # queries still work, reading partitions as they go
+        log.warning("could not read the index into memory ahead of queries: %s", exc)
 
 
 def _cache_config(cache_dir: str) -> Config:

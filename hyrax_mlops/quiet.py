@@ -48,9 +48,10 @@ def quiet_mlflow() -> None:
 def quiet_lancedb() -> None:
     """LanceDB's Rust warnings off the terminal: training an IVF index on a dense catalogue's
     embeddings printed hundreds of "KMeans: more than 10% of clusters are empty" lines. Its
-    logger reads `LANCEDB_LOG` once, when lancedb is first imported: call this before; a
-    level the user set is kept."""
+    logger reads `LANCEDB_LOG` once, when lancedb is first imported (pylance's, the query
+    side's, `LANCE_LOG`): call this before; a level the user set is kept."""
     os.environ.setdefault("LANCEDB_LOG", "error")
+    os.environ.setdefault("LANCE_LOG", "error")
 
 
 def _noise(message) -> bool:

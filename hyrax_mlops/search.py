@@ -149,6 +149,11 @@ class Searcher:
         self.catalog = Dataset(self.cache.fetch(dataset, ARTIFACT_DIR)).catalog
         self.catalog = with_analysis_columns(self.catalog, self.embeddings_run_id, self.cache)
 
+    def prewarm(self) -> None:
+        """Load what the index's queries read into memory now (a long-lived caller, the app,
+        does it in the background when it opens an index): answers are the same without."""
+        self.index.prewarm()
+
     def by_vector(self, vectors: np.ndarray, k: int = 10) -> list[pd.DataFrame]:
         """Neighbours of vectors as the index holds them or, for a joined index, of plain
         embeddings (taken as departing in nothing: the signature's part is zeros)."""

@@ -4,6 +4,8 @@ index stage and search work the same whichever backend holds the vectors."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -72,8 +74,8 @@ def test_a_backend_upserts_without_duplicates_and_finds_the_exact_neighbours(bac
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_index_stage_and_search_on_each_backend(backend, demo_store, tmp_path):
-    result, cfg = demo_store
+def test_the_index_stage_and_search_on_each_backend(backend, demo_sandbox, tmp_path):
+    result, cfg = demo_sandbox
     over = {"index.backend": backend, "index.path": str(tmp_path / backend)}
     run = hm.index(cfg, over, embeddings=result["infer"].run_id)
     assert not run.reused
@@ -378,8 +380,10 @@ def test_lancedb_trains_an_index_on_repeated_vectors_without_printing_warnings(t
         "cfg = IndexConfig(backend='lancedb', path=sys.argv[1], ivf_min_rows=256)\n"
         "index = VECTOR_BACKENDS.get('lancedb').open(cfg, 'repeats', create=True)\n"
         "index.upsert([f'O{i}' for i in range(len(x))], x.astype(np.float32))\n"
+        "index.prewarm()\n"
+        "assert index.query(x[:3].astype(np.float32), 2)[0][0][1] < 1e-5\n"
         "print(index._vector_index)\n")
-    env = {k: v for k, v in os.environ.items() if k != "LANCEDB_LOG"}
+    env = {k: v for k, v in os.environ.items() if k not in ("LANCEDB_LOG", "LANCE_LOG")}
     runs = {}
     for level in (None, "warn"):
         run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"lance-{level}")],
@@ -392,8 +396,8 @@ def test_lancedb_trains_an_index_on_repeated_vectors_without_printing_warnings(t
 
 
 def test_lancedb_queries_from_inside_a_running_event_loop(tmp_path):
-    """A notebook cell runs inside ipykernel's event loop: a LanceDB query made there (the
-    async API on the index's own loop cannot run inside another) gives the same answer."""
+    """A notebook cell runs inside ipykernel's event loop: a LanceDB query made there gives
+    the same answer as outside it (an asyncio-based query path could not run there)."""
     import asyncio
 
     cls = VECTOR_BACKENDS.get("lancedb")
@@ -428,7 +432,7 @@ def test_lancedb_keeps_searched_partitions_in_memory_up_to_index_cache_gb(tmp_pa
         assert index._vector_index == "IvfFlat"
         hits = index.query(x[:200], 5)
         assert [h[0][0] for h in hits] == ids[:200]
-        sizes[gb] = index._session.size_bytes
+        sizes[gb] = index._open_reader()[0].session().index_cache_size_bytes()
     assert sizes[0] > 4 * 2**20 and sizes[1 / 1024] < 2 * 2**20, sizes
 
 
@@ -467,3 +471,111 @@ def test_lancedb_answers_many_queries_in_batches_as_it_answers_each(in_a_loop, i
     for r, hits in zip(rows, many, strict=True):
         assert hits[0][0] == f"{r:05d}" and hits[0][1] == pytest.approx(0, abs=1e-5)
         assert [d for _, d in hits] == sorted(d for _, d in hits)
+
+
+def test_lancedb_finds_ids_through_its_id_file_and_without_one(tmp_path):
+    """A local table keeps its ids in row-id order beside it, one file for its current
+    version: queries take the ids from there. Updated rows move to new row ids and must
+    still come back under their own ids; a table changed by another writer (no file for its
+    version) is queried the usual way and gives the same answers."""
+    import lancedb
+
+    cls = VECTOR_BACKENDS.get("lancedb")
+    cfg = IndexConfig(backend="lancedb", path=str(tmp_path / "lance"), ivf_min_rows=300)
+    index = cls.open(cfg, "ids", create=True)
+    x = clustered(600, 8)
+    ids = [f"{i:05d}" for i in range(len(x))]
+    index.upsert(ids, x)
+    folder = tmp_path / "lance" / "ids.ids"
+    assert [p.name for p in folder.glob("v*.arrow")] == [f"v{index._table.version}.arrow"]
+    first = index.query(x[[3, 42, 599]], 3)
+    assert [h[0][0] for h in first] == ["00003", "00042", "00599"]
+    assert index._open_reader()[1] is not None  # answered from the file
+
+    # rows 0-99 get vectors next to rows 100-199's: their row ids change
+    index.upsert(ids[:100], x[100:200] + 0.01)
+    assert [p.name for p in folder.glob("v*.arrow")] == [f"v{index._table.version}.arrow"]
+    hits = index.query(x[[150]], 2)[0]
+    assert [i for i, _ in hits] == ["00150", "00050"] and hits[0][1] < 1e-5
+
+    # another writer adds a row: the reopened index has no file for that version
+    lancedb.connect(str(tmp_path / "lance")).open_table("ids").add(
+        [{"id": "00NEW", "vector": x[300] * 3}])
+    other = cls.reopen(json.loads(json.dumps(index.location())), "ids")
+    assert other._open_reader()[1] is None
+    assert {i for i, _ in other.query(x[[300]], 2)[0]} == {"00300", "00NEW"}
+    for mine, theirs in zip(index.query(x[200:260], 3), other.query(x[200:260], 3),
+                            strict=True):
+        assert [i for i, _ in mine] == [i for i, _ in theirs]
+        assert [d for _, d in mine] == pytest.approx([d for _, d in theirs], abs=1e-5)
+
+
+def test_lancedb_prewarm_reads_the_index_into_memory_when_it_fits(tmp_path):
+    """`prewarm` (the app calls it when it opens an index) puts the IVF partitions in the
+    query side's cache before any query, answers unchanged; an index larger than the cache
+    bound (index.index_cache_gb) is not read, it would only evict itself."""
+    x = clustered(60_000, 32)
+    ids = [str(i) for i in range(len(x))]
+    cls = VECTOR_BACKENDS.get("lancedb")
+    cfg = IndexConfig(backend="lancedb", path=str(tmp_path / "lance"))
+    built = cls.open(cfg, "warm", create=True)
+    built.upsert(ids, x)
+    expected = built.query(x[:20], 5)
+    cached = {}
+    for gb in (0, 1 / 1024):  # LanceDB's default (6 GB), 1 MB (the index is ~9 MB)
+        location = {**built.location(), "index_cache_gb": gb}
+        index = cls.reopen(json.loads(json.dumps(location)), "warm")
+        index.prewarm()
+        cached[gb] = index._open_reader()[0].session().index_cache_size_bytes()
+        assert index.query(x[:20], 5) == expected
+    assert cached[0] > 7 * 2**20 and cached[1 / 1024] < 2**20, cached
+
+
+def test_lancedb_on_an_object_store(tmp_path, monkeypatch):
+    """index.url = s3://bucket/prefix: written through LanceDB and queried through Lance on
+    the same store (a local S3 server, moto, speaking the S3 protocol), reopened from the
+    location an index run records; credentials come from the environment only."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import boto3
+
+    server = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        endpoint = f"http://127.0.0.1:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true"}.items():
+            monkeypatch.setenv(key, value)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="hyrax")
+        cls = VECTOR_BACKENDS.get("lancedb")
+        index = cls.open(IndexConfig(backend="lancedb", url="s3://hyrax/lance", ivf_min_rows=300),
+                         "remote", create=True)
+        x = clustered(600, 8)
+        index.upsert([f"{i:05d}" for i in range(len(x))], x)
+        assert index._vector_index == "IvfFlat" and index.count() == 600
+        location = json.loads(json.dumps(index.location()))
+        assert "test" not in json.dumps(location)  # no credentials in what a run records
+        again = cls.reopen(location, "remote")
+        again.prewarm()
+        assert [h[0][0] for h in again.query(x[[3, 42]], 3)] == ["00003", "00042"]
+        assert np.allclose(again.get_vectors(["00007"])[0], x[7])
+        objects = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(
+            Bucket="hyrax", Prefix="lance/remote.lance/")
+        assert objects["KeyCount"] > 0  # the table is on the store, not on local disk
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

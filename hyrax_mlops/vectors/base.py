@@ -106,6 +106,12 @@ class VectorIndex(ABC):
     def query(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """For each query vector, the k nearest (id, distance), nearest first."""
 
+    def prewarm(self) -> None:
+        """Load what queries read into memory now, so the first ones are as fast as the
+        rest: for a long-lived caller (the app), never needed for correct answers. Most
+        backends hold their index in memory once opened, and do nothing here."""
+        return None
+
     @abstractmethod
     def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
         """Stored vectors of `ids`, in the order given; KeyError names missing ids."""
