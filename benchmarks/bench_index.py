@@ -120,6 +120,7 @@ def cell(kind: str, n: int, dim: int) -> dict:
 
         def search(v):
             return [i for i, _ in index.query(v[None], K)[0]]
+
     def latencies() -> tuple[list[float], list[list[str]]]:
         lat, found = [], []
         for v in q:
