@@ -498,6 +498,22 @@ def test_lancedb_finds_ids_through_its_id_file_and_without_one(tmp_path):
     hits = index.query(x[[150]], 2)[0]
     assert [i for i, _ in hits] == ["00150", "00050"] and hits[0][1] < 1e-5
 
+    # the table made again under its name by something else (its versions count from 1
+    # again), with a file left from the old table under the new table's version: not used
+    saved = folder / f"v{index._table.version}.arrow"
+    stale = saved.read_bytes()
+    db = lancedb.connect(str(tmp_path / "lance"))
+    db.drop_table("ids")
+    remade = db.create_table("ids", data=[{"id": f"R{i}", "vector": x[i]} for i in range(600)])
+    (folder / f"v{remade.version}.arrow").write_bytes(stale)
+    reopened = cls.reopen(json.loads(json.dumps(index.location())), "ids")
+    assert reopened._open_reader()[1] is None
+    assert reopened.query(x[[42]], 1)[0][0][0] == "R42"
+    db.drop_table("ids")
+    index = cls.open(cfg, "ids", create=True)
+    index.upsert(ids, x)
+    index.upsert(ids[:100], x[100:200] + 0.01)
+
     # another writer adds a row: the reopened index has no file for that version
     lancedb.connect(str(tmp_path / "lance")).open_table("ids").add(
         [{"id": "00NEW", "vector": x[300] * 3}])

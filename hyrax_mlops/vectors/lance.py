@@ -340,8 +340,7 @@ class LanceIndex(VectorIndex):
                 self._reader = self._table.to_lance(
                     **({"index_cache_size_bytes": int(gb * 2**30)} if gb else {}))
                 folder = self._ids_folder()
-                self._ids = None if folder is None else _IdFile.open(folder,
-                                                                      self._reader.version)
+                self._ids = None if folder is None else _IdFile.open(folder, self._reader)
             return self._reader, self._ids
 
     def _drop_reader(self) -> None:
@@ -394,7 +393,8 @@ class _IdFile:
         if len(row_ids) > 1 and not (np.diff(row_ids.astype(np.int64)) > 0).all():
             order = np.argsort(row_ids, kind="stable")
             row_ids, ids = row_ids[order], ids.take(pa.array(order))
-        out = pa.table({"row_id": pa.array(row_ids, pa.uint64()), "id": ids})
+        out = pa.table({"row_id": pa.array(row_ids, pa.uint64()), "id": ids},
+                       metadata={"hyrax.files": _data_files(dataset)})
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".v{version}.{os.getpid()}.tmp"
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, out.schema) as writer:
@@ -405,16 +405,21 @@ class _IdFile:
                 old.unlink(missing_ok=True)  # a reader that mapped it keeps its pages
 
     @classmethod
-    def open(cls, folder: Path, version: int) -> _IdFile | None:
-        """The file of `version`, memory-mapped; None when there is none (the table was
-        written by something else, or before these files existed)."""
+    def open(cls, folder: Path, dataset) -> _IdFile | None:
+        """The file of the Lance `dataset`'s version, memory-mapped; None when there is none
+        (the table was written by something else, or before these files existed) or when it
+        was written for another table that had the same version number (a table dropped and
+        made again under the same name starts counting its versions again)."""
         import pyarrow as pa
 
+        path = folder / f"v{dataset.version}.arrow"
         try:
-            data = pa.ipc.open_file(pa.memory_map(str(folder / f"v{version}.arrow"))).read_all()
+            data = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
         except (FileNotFoundError, pa.ArrowInvalid):
             return None
-        if data.num_rows and data.column("id").num_chunks != 1:
+        written_for = (data.schema.metadata or {}).get(b"hyrax.files", b"").decode()
+        if written_for != _data_files(dataset) or (
+                data.num_rows and data.column("id").num_chunks != 1):
             return None
         return cls(data.column("row_id").to_numpy(), data.column("id").chunk(0)
                    if data.num_rows else data.column("id").combine_chunks())
@@ -430,3 +435,13 @@ class _IdFile:
             raise HyraxError("the index's id file does not match its table; "
                              "re-run the index stage to rebuild it")
         return self.ids.take(pa.array(at))
+
+
+def _data_files(dataset) -> str:
+    """A digest of the data files a Lance dataset's version is made of: files get unique
+    random names, so two tables (or two lives of one table name) never share it."""
+    import hashlib
+
+    names = sorted(f"{fragment.fragment_id}:{file.path}" for fragment in dataset.get_fragments()
+                   for file in fragment.data_files())
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()
