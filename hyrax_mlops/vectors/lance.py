@@ -383,7 +383,9 @@ class _IdFile:
     @staticmethod
     def write(folder: Path, dataset) -> None:
         """The ids of a Lance `dataset`'s version, replacing the files of older versions
-        (written under a temporary name, then renamed: a reader never sees half a file)."""
+        (written under a temporary name, then renamed: a reader never sees half a file). A
+        table made again under its name starts at version 1: its first file replaces none of
+        the old table's, which its readers ignore (`open`) and its later files remove."""
         import pyarrow as pa
 
         version = dataset.version
@@ -400,8 +402,8 @@ class _IdFile:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, out.schema) as writer:
             writer.write_table(out)
         os.replace(tmp, folder / f"v{version}.arrow")
-        for old in folder.glob("v*.arrow"):
-            if old.name != f"v{version}.arrow":
+        for old in folder.glob("v*.arrow"):  # older versions' (another writer's newer stays)
+            if old.stem[1:].isdigit() and int(old.stem[1:]) < version:
                 old.unlink(missing_ok=True)  # a reader that mapped it keeps its pages
 
     @classmethod
