@@ -49,10 +49,16 @@ _FIX = ("check that index.url / index.path is reachable and that the object stor
         "credentials (its usual environment variables) are valid.")
 
 
+def _cache_bytes(settings: dict[str, Any]) -> int | None:
+    """The index cache bound `index_cache_gb` in bytes; None: Lance's default (6 GB).
+    Locations recorded before the key existed have none."""
+    gb = settings.get("index_cache_gb") or 0
+    return int(gb * 2**30) if gb else None
+
+
 def _connect(uri: str, settings: dict[str, Any]):
-    """A connection to `uri` and the LanceDB caches it uses (the index's async connection
-    shares them): the index cache bounded to `index_cache_gb` when set, else LanceDB's
-    default (6 GB)."""
+    """A connection to `uri` (the writing side), its index cache bounded like the query
+    side's."""
     quiet_lancedb()
     try:
         import lance  # noqa: F401  (the query side)
@@ -61,10 +67,9 @@ def _connect(uri: str, settings: dict[str, Any]):
         package = {"lance": "pylance"}.get(exc.name, "lancedb")
         raise ConfigError(f"index.backend 'lancedb' needs the {package} package: "
                           "pip install 'hyrax-mlops[lancedb]'") from None
-    gb = settings.get("index_cache_gb") or 0  # locations recorded before it have none
-    session = (lancedb.Session(index_cache_size_bytes=int(gb * 2**30)) if gb
-               else lancedb.Session())
-    return lancedb.connect(uri, session=session), session
+    bound = _cache_bytes(settings)
+    session = lancedb.Session(index_cache_size_bytes=bound) if bound else lancedb.Session()
+    return lancedb.connect(uri, session=session)
 
 
 def _quote(value: str) -> str:
@@ -112,10 +117,9 @@ class LanceIndex(VectorIndex):
     config_class = LanceConfig
     capabilities = {"max_k": None, "metadata": True, "metrics": tuple(_METRICS)}
 
-    def __init__(self, db, session, name: str, location: dict[str, Any],
+    def __init__(self, db, name: str, location: dict[str, Any],
                  settings: dict[str, Any]) -> None:
         self._db, self._name, self._location, self._settings = db, name, location, settings
-        self._session = session  # the caches of this index's connection
         self._table = db.open_table(name) if name in self._tables() else None
         self._reader = None  # the table's Lance dataset, for queries, opened on the first
         self._ids: _IdFile | None = None  # the reader's version's ids in row-id order
@@ -148,7 +152,7 @@ class LanceIndex(VectorIndex):
     def _opened(cls, uri: str, name: str, location: dict[str, Any],
                 settings: dict[str, Any]) -> LanceIndex:
         try:
-            return cls(*_connect(uri, settings), name=name, location=location,
+            return cls(_connect(uri, settings), name=name, location=location,
                        settings=settings)
         except HyraxError:
             raise
@@ -266,7 +270,7 @@ class LanceIndex(VectorIndex):
         found: list[list[tuple[str, float]]] = []
         for s in range(0, len(vectors), _QUERY_BATCH):
             batch = vectors[s:s + _QUERY_BATCH]
-            r = dataset.to_table(columns=["_distance"] if ids else ["id", "_distance"],
+            r = dataset.to_table(columns=["id", "_distance"] if ids is None else ["_distance"],
                                  with_row_id=ids is not None,
                                  nearest=self._nearest(self._one_or_many(batch), k))
             if ids is not None:
@@ -312,8 +316,7 @@ class LanceIndex(VectorIndex):
         (`index_cache_gb`, else Lance's 6 GB): it would only evict itself."""
         if self._table is None or not self._vector_index:
             return
-        cache = (self._settings.get("index_cache_gb") or 6) * 2**30
-        if self._index_bytes() > cache:
+        if self._index_bytes() > (_cache_bytes(self._settings) or 6 * 2**30):
             return
         dataset, _ = self._open_reader()
         dataset.prewarm_index(self._table.list_indices()[0].name)
@@ -336,9 +339,9 @@ class LanceIndex(VectorIndex):
         cache is bounded like the connection's."""
         with self._reader_lock:
             if self._reader is None:
-                gb = self._settings.get("index_cache_gb") or 0
+                bound = _cache_bytes(self._settings)
                 self._reader = self._table.to_lance(
-                    **({"index_cache_size_bytes": int(gb * 2**30)} if gb else {}))
+                    **({"index_cache_size_bytes": bound} if bound else {}))
                 folder = self._ids_folder()
                 self._ids = None if folder is None else _IdFile.open(folder, self._reader)
             return self._reader, self._ids
@@ -434,8 +437,8 @@ class _IdFile:
         at = np.searchsorted(self.row_ids, wanted)
         if len(wanted) and (at.max() >= len(self.row_ids) or
                             (self.row_ids[at] != wanted).any()):
-            raise HyraxError("the index's id file does not match its table; "
-                             "re-run the index stage to rebuild it")
+            raise HyraxError("the index's id file does not match its table. Fix: re-run "
+                             "`hyrax-mlops index --force` to rebuild it.")
         return self.ids.take(pa.array(at))
 
 
